@@ -1,0 +1,253 @@
+"""Model configuration: frozen, validated dataclasses (DESIGN.md sections 4-5).
+
+``MixerConfig`` holds every token-mixer setting (memory caching, the base memory, attention); ``ModelConfig`` holds
+the stack. A hybrid model lists mixer kinds in ``ModelConfig.pattern``, a unit repeated over the layers; every layer
+of a kind uses the same ``MixerConfig``. All checks run in ``__post_init__`` and raise ``ValueError`` with the
+offending field named, so a config that constructs is a config the model can build.
+
+Mixer kinds:
+    mc              memory caching over ``memory`` with ``aggregation`` / ``segmentation`` / ``init``
+    none            the base recurrent memory without caching (one segment spanning the whole sequence)
+    attention       causal softmax attention with RoPE (Transformer++)
+    sliding_window  the same restricted to the last ``window`` tokens (the token itself included)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from mc_jax.ops.aggregation import AGGREGATIONS
+from mc_jax.ops.memories import MEMORIES
+from mc_jax.ops.segmentation import SEGMENTATIONS
+from mc_jax.ops.utils import largest_divisor_at_most
+
+MIXER_KINDS = ("mc", "none", "attention", "sliding_window")
+RECURRENT_KINDS = ("mc", "none")
+INITS = ("independent", "checkpoint")
+POOLS = ("mean", "sum")
+DTYPES = ("float32", "bfloat16", "float16")
+DEFAULT_DEEP_CHUNK = 16  # largest default inner chunk of a deep memory (a divisor of the segment size)
+
+
+def _choice(name: str, value: object, options: tuple[str, ...]) -> None:
+    if value not in options:
+        raise ValueError(f"{name}={value!r} is not one of {list(options)}")
+
+
+def _positive(name: str, value: int | float | None, *, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ValueError(f"{name} must be a positive number; got {value!r}")
+
+
+def is_deep(memory: str) -> bool:
+    """Deep (MLP) memories need ``Dk == Dv``, learned initial weights and a semantic inner chunk size."""
+    return MEMORIES[memory].family == "deep"
+
+
+@dataclass(frozen=True)
+class MixerConfig:
+    """Token-mixer settings shared by every layer of a kind (see the module docstring for the kinds).
+
+    Attributes:
+        kind: default mixer kind of a layer (``ModelConfig.pattern`` may mix kinds).
+        memory: base memory, one of ``mc_jax.ops.memories.MEMORIES``.
+        aggregation: ``residual`` | ``grm`` | ``soup`` | ``ssc`` (``ssc`` needs ``top_k``).
+        segmentation: ``constant`` | ``log``.
+        segment_size: tokens per segment (log: the smallest block).
+        top_k: cached memories kept per token by ``ssc``; only valid with ``ssc``.
+        init: initial state of a segment, ``independent`` | ``checkpoint``.
+        pool: how a segment's keys are pooled for the gate logits, ``mean`` | ``sum``.
+        chunk_size: inner chunk of the memory. For deep memories it changes the math (gradients are taken at the
+            chunk-start weights), so it is fixed here; ``None`` picks the largest divisor of ``segment_size`` that
+            is at most 16. Linear memories are exact for any chunk; ``None`` lets the op choose.
+        expansion: hidden width factor ``E`` of a deep memory's MLP.
+        gates: gate projections the layer feeds the op; ``None`` = all gates the memory accepts (required and
+            optional; e.g. ``delta`` gets ``beta`` and ``log_decay``, a gated delta rule).
+        key_dim, value_dim: per-head widths ``Dk`` / ``Dv`` of the recurrent mixers; ``None`` = d_model // heads.
+        conv_width: width of the causal depthwise convolutions after the q/k/v projections.
+        window: attention window (tokens, the query included) of ``sliding_window`` layers.
+        rope_theta: RoPE base of the attention layers.
+        impl: implementation switch passed to ``memory_caching``.
+    """
+
+    kind: str = "mc"
+    memory: str = "linear"
+    aggregation: str = "grm"
+    segmentation: str = "constant"
+    segment_size: int = 64
+    top_k: int | None = None
+    init: str = "independent"
+    pool: str = "mean"
+    chunk_size: int | None = None
+    expansion: int = 4
+    gates: tuple[str, ...] | None = None
+    key_dim: int | None = None
+    value_dim: int | None = None
+    conv_width: int = 4
+    window: int | None = None
+    rope_theta: float = 10000.0
+    impl: str = "auto"
+
+    def __post_init__(self) -> None:
+        _choice("mixer.kind", self.kind, MIXER_KINDS)
+        _choice("mixer.memory", self.memory, tuple(MEMORIES))
+        _choice("mixer.aggregation", self.aggregation, AGGREGATIONS)
+        _choice("mixer.segmentation", self.segmentation, SEGMENTATIONS)
+        _choice("mixer.init", self.init, INITS)
+        _choice("mixer.pool", self.pool, POOLS)
+        for name in ("segment_size", "expansion", "conv_width", "rope_theta"):
+            _positive(f"mixer.{name}", getattr(self, name))
+        for name in ("chunk_size", "key_dim", "value_dim", "window"):
+            _positive(f"mixer.{name}", getattr(self, name), optional=True)
+        if self.aggregation == "ssc" and self.top_k is None:
+            raise ValueError("mixer.aggregation='ssc' needs mixer.top_k (cached memories kept per token)")
+        if self.top_k is not None and self.aggregation != "ssc":
+            raise ValueError(f"mixer.top_k is only used by aggregation='ssc'; got aggregation={self.aggregation!r}")
+        _positive("mixer.top_k", self.top_k, optional=True)
+        if self.kind == "sliding_window" and self.window is None:
+            raise ValueError("mixer.kind='sliding_window' needs mixer.window")
+        if self.kind == "mc":
+            self.check_segments()
+        if self.gates is not None:
+            spec = MEMORIES[self.memory]
+            unknown = sorted(set(self.gates) - set(spec.gate_names))
+            if unknown:
+                raise ValueError(f"mixer.gates {unknown} are not gates of memory {self.memory!r}: {spec.gate_names}")
+            missing = [g for g in spec.required_gates if g not in self.gates]
+            if missing:
+                raise ValueError(f"memory {self.memory!r} needs gates {missing} in mixer.gates")
+            if len(set(self.gates)) != len(self.gates):
+                raise ValueError(f"mixer.gates has duplicates: {self.gates}")
+
+    def check_segments(self) -> None:
+        """Checks that only matter where segments are cached (``mc`` layers; ``none`` uses one segment)."""
+        if is_deep(self.memory) and self.chunk_size is not None and self.segment_size % self.chunk_size:
+            raise ValueError(
+                f"deep memory {self.memory!r}: mixer.segment_size={self.segment_size} must be a multiple of "
+                f"mixer.chunk_size={self.chunk_size} (segments are whole inner chunks)"
+            )
+
+    @property
+    def gate_names(self) -> tuple[str, ...]:
+        """Gates the layer projects (in a fixed order)."""
+        return MEMORIES[self.memory].gate_names if self.gates is None else tuple(self.gates)
+
+    @property
+    def deep(self) -> bool:
+        return is_deep(self.memory)
+
+    @property
+    def inner_chunk(self) -> int | None:
+        """The inner chunk passed to the op: fixed for deep memories, ``chunk_size`` (maybe ``None``) otherwise."""
+        if self.chunk_size is not None or not self.deep:
+            return self.chunk_size
+        return largest_divisor_at_most(self.segment_size, DEFAULT_DEEP_CHUNK)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A decoder-only LM: embedding, ``num_layers`` pre-norm blocks (mixer + SwiGLU MLP), final norm, LM head.
+
+    Attributes:
+        vocab_size, d_model, num_layers, num_heads: the usual shapes.
+        mlp_hidden: SwiGLU hidden width; ``None`` = 8/3 d_model rounded up to ``mlp_multiple_of``.
+        mixer: settings of every token mixer.
+        pattern: mixer kinds of one repeating unit of layers, e.g. ``("mc", "mc", "attention")``; ``()`` means
+            ``(mixer.kind,)``. ``num_layers`` must be a multiple of its length. The unit is what ``scan_layers``
+            compiles once.
+        tie_embeddings: share the embedding with the LM head.
+        dtype: compute dtype (activations, matmuls); params stay ``param_dtype`` and recurrent states float32.
+        scan_layers: stack the layer units and run them with ``nnx.scan`` (one compilation of the unit).
+        remat: rematerialise each unit in the backward pass (``nnx.remat``).
+    """
+
+    vocab_size: int = 32000
+    d_model: int = 512
+    num_layers: int = 4
+    num_heads: int = 8
+    mlp_hidden: int | None = None
+    mlp_multiple_of: int = 64
+    mixer: MixerConfig = field(default_factory=MixerConfig)
+    pattern: tuple[str, ...] = ()
+    tie_embeddings: bool = True
+    norm_eps: float = 1e-6
+    init_std: float = 0.02
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    scan_layers: bool = True
+    remat: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "d_model", "num_layers", "num_heads", "mlp_multiple_of", "norm_eps", "init_std"):
+            _positive(name, getattr(self, name))
+        _positive("mlp_hidden", self.mlp_hidden, optional=True)
+        _choice("dtype", self.dtype, DTYPES)
+        _choice("param_dtype", self.param_dtype, DTYPES)
+        if not isinstance(self.mixer, MixerConfig):
+            raise ValueError(f"mixer must be a MixerConfig; got {type(self.mixer).__name__}")
+        for kind in self.pattern:
+            _choice("pattern entry", kind, MIXER_KINDS)
+        if "mc" in self.layer_pattern:
+            self.mixer.check_segments()
+        if self.num_layers % len(self.layer_pattern):
+            raise ValueError(f"num_layers={self.num_layers} is not a multiple of len(pattern)={len(self.pattern)}")
+        if self.mixer.key_dim is None or self.mixer.value_dim is None or self.has_attention:
+            if self.d_model % self.num_heads:
+                raise ValueError(f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}")
+        if self.has_recurrent and self.mixer.deep and self.key_dim != self.value_dim:
+            raise ValueError(
+                f"deep memory {self.mixer.memory!r} needs key_dim == value_dim; got {self.key_dim} and {self.value_dim}"
+            )
+        if self.has_attention and (self.d_model // self.num_heads) % 2:
+            raise ValueError(f"attention head dim {self.d_model // self.num_heads} must be even for RoPE")
+
+    @property
+    def layer_pattern(self) -> tuple[str, ...]:
+        return self.pattern or (self.mixer.kind,)
+
+    @property
+    def layer_kinds(self) -> tuple[str, ...]:
+        """The mixer kind of every layer."""
+        return self.layer_pattern * (self.num_layers // len(self.layer_pattern))
+
+    @property
+    def num_units(self) -> int:
+        """Repetitions of the pattern (the length of the layer scan)."""
+        return self.num_layers // len(self.layer_pattern)
+
+    @property
+    def has_recurrent(self) -> bool:
+        return any(k in RECURRENT_KINDS for k in self.layer_pattern)
+
+    @property
+    def has_attention(self) -> bool:
+        return any(k not in RECURRENT_KINDS for k in self.layer_pattern)
+
+    @property
+    def head_dim(self) -> int:
+        """Attention head width."""
+        return self.d_model // self.num_heads
+
+    @property
+    def key_dim(self) -> int:
+        return self.mixer.key_dim or self.d_model // self.num_heads
+
+    @property
+    def value_dim(self) -> int:
+        return self.mixer.value_dim or self.d_model // self.num_heads
+
+    @property
+    def hidden_dim(self) -> int:
+        if self.mlp_hidden is not None:
+            return self.mlp_hidden
+        m = self.mlp_multiple_of
+        return m * -(-(8 * self.d_model // 3) // m)
+
+    def replace(self, **changes) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+
+__all__ = ["DTYPES", "MIXER_KINDS", "MixerConfig", "ModelConfig", "RECURRENT_KINDS", "is_deep"]

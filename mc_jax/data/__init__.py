@@ -1,0 +1,66 @@
+"""Data layer: synthetic recall tasks (MQAR, S-NIAH), text corpora, tokenizers, grain pipelines.
+
+Every source is random access (``len(src)``, ``src[i]``) and returns
+``{"inputs": int32[L], "labels": int32[L]}`` with next-token targets and
+``IGNORE_INDEX`` (-100) where there is no target. Synthetic examples are a pure
+function of ``(seed, index)``, so pipelines resume without stored files.
+
+Corpus download lives in :mod:`mc_jax.data.prepare` (``python -m mc_jax.data.prepare``),
+which is not imported here.
+"""
+
+from mc_jax.data.common import IGNORE_INDEX, Example, example_rng
+from mc_jax.data.mqar import MQARConfig, MQARSource, generate_mqar, mqar_example
+from mc_jax.data.niah import (
+    NIAHConfig,
+    NIAHExample,
+    NIAHSource,
+    depth_length_grid,
+    evenly_spaced_depths,
+    exact_match,
+    generate_niah,
+    masked_exact_match,
+    masked_token_accuracy,
+)
+from mc_jax.data.pipeline import PipelineConfig, build_dataset, make_dataset, make_iterator
+from mc_jax.data.text import (
+    PackedTokenSource,
+    load_tiny_corpus,
+    pack_tokens,
+    read_text,
+    text_source,
+    train_val_split,
+)
+from mc_jax.data.tokenizer import BPETokenizer, ByteTokenizer, Tokenizer
+
+__all__ = [
+    "IGNORE_INDEX",
+    "BPETokenizer",
+    "ByteTokenizer",
+    "Example",
+    "MQARConfig",
+    "MQARSource",
+    "NIAHConfig",
+    "NIAHExample",
+    "NIAHSource",
+    "PackedTokenSource",
+    "PipelineConfig",
+    "Tokenizer",
+    "build_dataset",
+    "depth_length_grid",
+    "evenly_spaced_depths",
+    "exact_match",
+    "example_rng",
+    "generate_mqar",
+    "generate_niah",
+    "load_tiny_corpus",
+    "make_dataset",
+    "make_iterator",
+    "masked_exact_match",
+    "masked_token_accuracy",
+    "mqar_example",
+    "pack_tokens",
+    "read_text",
+    "text_source",
+    "train_val_split",
+]

@@ -1,0 +1,135 @@
+"""The Memory Caching token mixer (DESIGN.md section 4) and the base recurrent layer (kind ``none``).
+
+    q, k, v = conv4(silu(x W_q)), conv4(silu(x W_k)), conv4(silu(x W_v))    (causal depthwise convolutions)
+    q, k    = l2-normalised per head;  u = x W_u (grm / soup / ssc);  gates = act(x W_g + b_g) per head
+    y       = memory_caching(q, k, v, u, gates, params=W_0)                 (mc_jax.ops; no math here)
+    out     = W_o (RMSNorm_head(y) * silu(x W_gate))
+
+Kind ``none`` is the same layer reading one memory: one segment spanning the whole sequence (``residual``, nothing
+cached). Its segment size is the sequence length (or the cache capacity when decoding) rounded up to the inner
+chunk, so the forward pass and a cache of any capacity run the same memory.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from mc_jax.config import ModelConfig
+from mc_jax.layers.conv import ShortConv
+from mc_jax.layers.gates import Gates
+from mc_jax.layers.mlp import dense
+from mc_jax.layers.norms import RMSNorm, l2_normalize
+from mc_jax.ops import MCCache, init_cache, memory_caching
+from mc_jax.typing import Array, Float
+
+LINEAR_BASE_CHUNK = 64  # inner chunk of a `none` layer over a linear memory (speed only; exact for any chunk)
+
+
+class MCMixerCache(NamedTuple):
+    """Decoding state of an MC / base layer: the three convolution states ``[b, w - 1, h * d]`` and the op's cache."""
+
+    conv_q: Float[Array, "b w1 hk"]
+    conv_k: Float[Array, "b w1 hk"]
+    conv_v: Float[Array, "b w1 hv"]
+    memory: MCCache
+
+
+def _round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+class MCMixer(nnx.Module):
+    """MC mixer (``kind="mc"``) or its base memory without caching (``kind="none"``); see the module docstring."""
+
+    def __init__(self, config: ModelConfig, kind: str, *, rngs: nnx.Rngs):
+        if kind not in ("mc", "none"):
+            raise ValueError(f"MCMixer kind must be 'mc' or 'none'; got {kind!r}")
+        m = config.mixer
+        self.kind = kind
+        self.mixer = m
+        self.heads, self.dk, self.dv = config.num_heads, config.key_dim, config.value_dim
+        d, h, dk, dv = config.d_model, self.heads, self.dk, self.dv
+        dtype, pdtype = jnp.dtype(config.dtype), jnp.dtype(config.param_dtype)
+        self.dtype = dtype
+        std, out_std = config.init_std, config.init_std / (2 * config.num_layers) ** 0.5
+        kw = dict(rngs=rngs, dtype=dtype, param_dtype=pdtype)
+        self.q_proj = dense(d, h * dk, std=std, **kw)
+        self.k_proj = dense(d, h * dk, std=std, **kw)
+        self.v_proj = dense(d, h * dv, std=std, **kw)
+        self.q_conv = ShortConv(h * dk, m.conv_width, **kw)
+        self.k_conv = ShortConv(h * dk, m.conv_width, **kw)
+        self.v_conv = ShortConv(h * dv, m.conv_width, **kw)
+        self.u_proj = dense(d, h * dk, std=std, **kw) if self.aggregation != "residual" else None
+        self.gates = Gates(d, h, m.gate_names, rngs=rngs, std=std, param_dtype=pdtype)
+        self.out_norm = RMSNorm((h, dv), eps=config.norm_eps, dtype=dtype, param_dtype=pdtype)
+        self.gate_proj = dense(d, h * dv, std=std, **kw)
+        self.o_proj = dense(h * dv, d, std=out_std, **kw)
+        if m.deep:  # learned initial MLP weights W_0, M(x) = x + W1 gelu(W2 x) (W2 maps D -> E*D)
+            f = m.expansion * dk
+            self.W1 = nnx.Param(nnx.initializers.normal(0.02)(rngs.params(), (h, dk, f), pdtype))
+            self.W2 = nnx.Param(nnx.initializers.normal(dk**-0.5)(rngs.params(), (h, f, dk), pdtype))
+
+    # ---- static op settings ------------------------------------------------------------------------------------
+    @property
+    def aggregation(self) -> str:
+        return self.mixer.aggregation if self.kind == "mc" else "residual"
+
+    @property
+    def chunk(self) -> int | None:
+        if self.kind == "mc":
+            return self.mixer.inner_chunk
+        return self.mixer.inner_chunk or LINEAR_BASE_CHUNK
+
+    def segment_size(self, length: int) -> int:
+        """Segment size for sequences up to ``length`` tokens (``none``: one segment covering them)."""
+        return self.mixer.segment_size if self.kind == "mc" else _round_up(length, self.chunk)
+
+    def _op_settings(self, segment_size: int) -> dict:
+        m, mc = self.mixer, self.kind == "mc"
+        return dict(
+            memory=m.memory, segmentation=m.segmentation if mc else "constant", segment_size=segment_size,
+            init=m.init if mc else "independent", pool=m.pool, chunk_size=self.chunk,
+        )
+
+    def memory_params(self) -> dict[str, Array] | None:
+        """The op's ``params``: learned initial weights of a deep memory (float32), ``None`` for linear ones."""
+        if not self.mixer.deep:
+            return None
+        return {"W1": self.W1[...], "W2": self.W2[...]}
+
+    # ---- decoding state ----------------------------------------------------------------------------------------
+    def init_cache(self, batch: int, max_len: int) -> MCMixerCache:
+        """An empty decoding state with room for ``max_len`` tokens."""
+        memory = init_cache(batch, self.heads, self.dk, self.dv, max_len=max_len, params=self.memory_params(),
+                            **self._op_settings(self.segment_size(max_len)))
+        return MCMixerCache(self.q_conv.init_state(batch, self.dtype), self.k_conv.init_state(batch, self.dtype),
+                            self.v_conv.init_state(batch, self.dtype), memory)
+
+    # ---- forward -----------------------------------------------------------------------------------------------
+    def __call__(
+        self, x: Float[Array, "b t d"], cache: MCMixerCache | None = None
+    ) -> tuple[Float[Array, "b t d"], MCMixerCache | None]:
+        """Mix ``x``; with ``cache``, continue from it and return the updated cache (else ``None``)."""
+        b, t, _ = x.shape
+        heads = lambda y, dim: y.reshape(b, t, self.heads, dim)
+        states = (None, None, None) if cache is None else cache[:3]
+        q, sq = self.q_conv(jax.nn.silu(self.q_proj(x)), states[0])
+        k, sk = self.k_conv(jax.nn.silu(self.k_proj(x)), states[1])
+        v, sv = self.v_conv(jax.nn.silu(self.v_proj(x)), states[2])
+        q, k, v = l2_normalize(heads(q, self.dk)), l2_normalize(heads(k, self.dk)), heads(v, self.dv)
+        u = None if self.u_proj is None else heads(self.u_proj(x), self.dk)
+        top_k = self.mixer.top_k if self.aggregation == "ssc" else None
+        common = dict(u=u, aggregation=self.aggregation, top_k=top_k, gates=self.gates(x), impl=self.mixer.impl)
+        if cache is None:
+            y = memory_caching(q, k, v, params=self.memory_params(), **common, **self._op_settings(self.segment_size(t)))
+            new_cache = None
+        else:
+            settings = self._op_settings(cache.memory.config[2])
+            y, memory = memory_caching(q, k, v, cache=cache.memory, return_cache=True, **common, **settings)
+            new_cache = MCMixerCache(sq, sk, sv, memory)
+        y = self.out_norm(y).reshape(b, t, self.heads * self.dv)
+        return self.o_proj(y * jax.nn.silu(self.gate_proj(x))), new_cache

@@ -1,0 +1,32 @@
+"""Argument checks at the API boundary (jnp gathers clamp out-of-range ids silently, so check them here)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def is_concrete(x) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def check_tokens(tokens, vocab_size: int, *, name: str = "tokens") -> None:
+    """``tokens`` must be an integer ``[B, T]`` array with ``T >= 1``; ids in ``[0, vocab_size)`` when concrete.
+
+    Under a trace (``jit``) the values are unknown and only the shape and dtype are checked.
+    """
+    shape = jnp.shape(tokens)
+    if len(shape) != 2:
+        raise ValueError(f"{name} must be a [batch, length] array of token ids; got shape {shape}")
+    if shape[0] < 1 or shape[1] < 1:
+        raise ValueError(f"{name} is empty (shape {shape}); pass at least one token per row")
+    dtype = jnp.result_type(tokens)
+    if not jnp.issubdtype(dtype, jnp.integer):
+        raise ValueError(f"{name} must hold integer token ids; got dtype {dtype}")
+    if is_concrete(tokens):
+        values = np.asarray(tokens)
+        lo, hi = int(values.min()), int(values.max())
+        if lo < 0 or hi >= vocab_size:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"{name} holds id {bad}, outside the vocabulary [0, {vocab_size})")

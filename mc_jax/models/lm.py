@@ -1,0 +1,113 @@
+"""The decoder-only language model: embedding, a stack of pattern units, final RMSNorm, LM head.
+
+With ``config.scan_layers`` the units' parameters are stacked on a leading axis (built with ``nnx.vmap``) and run
+with a ``lax.scan`` over the split unit state, so the unit is traced and compiled once whatever the depth; decoding caches are stacked the same
+way and scanned alongside. ``config.remat`` rematerialises each unit in the backward pass.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from mc_jax.config import ModelConfig
+from mc_jax.layers.block import Unit
+from mc_jax.layers.mlp import dense
+from mc_jax.layers.norms import RMSNorm
+from mc_jax.models.checks import check_tokens
+from mc_jax.typing import Array, Float, Int
+
+Cache = Any  # per unit: a tuple of mixer caches; stacked on a leading [units] axis when scanning
+
+
+class LanguageModel(nnx.Module):
+    """Causal LM over ``config``; see the module docstring.
+
+    Call ``model(tokens)`` for float32 logits ``[B, T, V]``; ``model.forward(tokens, cache)`` to continue a
+    decoding state from :meth:`init_cache` (returns ``(logits, cache)``).
+    """
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        dtype, pdtype = jnp.dtype(config.dtype), jnp.dtype(config.param_dtype)
+        self.embed = nnx.Embed(config.vocab_size, config.d_model, dtype=dtype, param_dtype=pdtype, rngs=rngs,
+                               embedding_init=nnx.initializers.normal(config.init_std))
+        if config.scan_layers:
+            @nnx.split_rngs(splits=config.num_units)
+            @nnx.vmap(in_axes=(0,), out_axes=0)
+            def make(rngs: nnx.Rngs) -> Unit:
+                return Unit(config, rngs=rngs)
+
+            self.units = make(rngs)
+        else:
+            self.units = nnx.List([Unit(config, rngs=rngs) for _ in range(config.num_units)])
+        self.norm = RMSNorm((config.d_model,), eps=config.norm_eps, dtype=dtype, param_dtype=pdtype)
+        self.head = None if config.tie_embeddings else dense(
+            config.d_model, config.vocab_size, rngs=rngs, std=config.init_std, dtype=dtype, param_dtype=pdtype)
+
+    # ---- pieces ------------------------------------------------------------------------------------------------
+    def init_cache(self, batch: int, max_len: int) -> Cache:
+        """Empty decoding state for ``batch`` rows and up to ``max_len`` tokens in total (all layers)."""
+        if self.config.scan_layers:
+            return nnx.vmap(lambda unit: unit.init_cache(batch, max_len), in_axes=0, out_axes=0)(self.units)
+        return tuple(unit.init_cache(batch, max_len) for unit in self.units)
+
+    def hidden(self, tokens: Int[Array, "b t"], cache: Cache | None = None) -> tuple[Float[Array, "b t d"], Cache | None]:
+        """Final-normed hidden states (and the updated cache when one is given)."""
+        check_tokens(tokens, self.config.vocab_size)
+        x = self.embed(tokens)
+        x, cache = self._stack(x, cache)
+        return self.norm(x), cache
+
+    def logits(self, h: Float[Array, "... d"]) -> Float[Array, "... v"]:
+        """LM head (tied or not), float32 logits."""
+        out = self.embed.attend(h) if self.head is None else self.head(h)
+        return out.astype(jnp.float32)
+
+    def _stack(self, x, cache):
+        def body(unit: Unit, x, c):
+            return unit(x, c)
+
+        if self.config.scan_layers:
+            # A plain lax.scan over the split unit state (what nnx.scan does, but usable from any trace level:
+            # the merged unit is rebuilt inside the body, so a pure caller may close over traced state).
+            graphdef, state = nnx.split(self.units)
+
+            def step(x, xs):
+                unit_state, c = xs
+                return body(nnx.merge(graphdef, unit_state), x, c)
+
+            step = jax.checkpoint(step) if self.config.remat else step
+            return jax.lax.scan(step, x, (state, cache))
+        body = nnx.remat(body) if self.config.remat else body
+        new = []
+        for i, unit in enumerate(self.units):
+            x, c = body(unit, x, None if cache is None else cache[i])
+            new.append(c)
+        return x, None if cache is None else tuple(new)
+
+    # ---- entry points ------------------------------------------------------------------------------------------
+    def __call__(self, tokens: Int[Array, "b t"]) -> Float[Array, "b t v"]:
+        return self.logits(self.hidden(tokens)[0])
+
+    def forward(self, tokens: Int[Array, "b t"], cache: Cache) -> tuple[Float[Array, "b t v"], Cache]:
+        """Continue ``cache`` with ``tokens``: logits of every new token and the updated cache."""
+        h, cache = self.hidden(tokens, cache)
+        return self.logits(h), cache
+
+
+def count_params(model: nnx.Module) -> int:
+    """Number of scalar parameters (``nnx.Param`` leaves), also for an abstract model from ``nnx.eval_shape``."""
+    return sum(int(jnp.size(x)) if hasattr(x, "size") else 0 for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def create_model(config: ModelConfig, seed: int = 0) -> LanguageModel:
+    return LanguageModel(config, rngs=nnx.Rngs(seed))
+
+
+def abstract_model(config: ModelConfig) -> LanguageModel:
+    """The model with ``ShapeDtypeStruct`` leaves (no memory, no compute): for shapes and parameter counts."""
+    return nnx.eval_shape(lambda: LanguageModel(config, rngs=nnx.Rngs(0)))

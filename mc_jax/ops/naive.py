@@ -1,0 +1,114 @@
+"""The definition: Memory Caching by explicit per-token loops (slow, obvious; the top rung of the test ladder).
+
+Nothing here is shared with the fast paths except the public argument checks: every memory update is written
+token by token, every cached memory is rebuilt from its own token range, soup mixes the parameters literally and
+ssc sorts. Use it with float64 (``jax.config.update("jax_enable_x64", True)``) and tiny shapes.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from mc_jax.ops.memories import MemorySpec, readable
+from mc_jax.ops.segmentation import cached_ranges
+from mc_jax.typing import Array, PyTree
+
+
+def _deep_loss(loss: str):
+    def value(weights, k, v):  # one head
+        m = k + weights["W1"] @ jax.nn.gelu(weights["W2"] @ k)
+        return -jnp.dot(m, v) if loss == "dla" else jnp.sum((m - v) ** 2)
+
+    return jax.vmap(jax.vmap(jax.grad(value)))  # over batch and heads
+
+
+def memory_step(spec: MemorySpec, state: PyTree, k: Array, v: Array, gates: dict[str, Array], chunk_start: bool):
+    """One token of the base memory; ``k [b, h, dk]``, ``v [b, h, dv]``, gates ``[b, h]``."""
+    if spec.family == "linear":
+        decay = jnp.exp(gates["log_decay"])[..., None, None]
+        if "beta" in gates:
+            beta = gates["beta"][..., None, None]
+            kks = jnp.einsum("bhk,bhj,bhjv->bhkv", k, k, state)
+            return decay * (state - beta * kks) + beta * jnp.einsum("bhk,bhv->bhkv", k, v)
+        return decay * state + jnp.einsum("bhk,bhv->bhkv", k, v)
+    weights = state["weights"]
+    reference = weights if chunk_start else state["reference"]
+    grad = _deep_loss(spec.loss)(reference, k, v)
+    keep = (1.0 - gates["alpha"])[..., None, None]
+    theta = gates["theta"][..., None, None]
+    new = {"reference": reference}
+    if spec.momentum:
+        eta = gates["eta"][..., None, None]
+        new["momentum"] = jax.tree.map(lambda s, g: eta * s - theta * g, state["momentum"], grad)
+        new["weights"] = jax.tree.map(lambda w, s: keep * w + s, weights, new["momentum"])
+    else:
+        new["weights"] = jax.tree.map(lambda w, g: keep * w - theta * g, weights, grad)
+    return new
+
+
+_step = jax.jit(memory_step, static_argnums=(0, 5))
+
+
+def read(spec: MemorySpec, memory: PyTree, q: Array) -> Array:
+    """Read one token ``q [b, h, dk]`` from a memory's readable part."""
+    if spec.family == "linear":
+        return jnp.einsum("bhk,bhkv->bhv", q, memory)
+    hidden = jax.nn.gelu(jnp.einsum("bhfd,bhd->bhf", memory["W2"], q))
+    return q + jnp.einsum("bhdf,bhf->bhd", memory["W1"], hidden)
+
+
+_read = jax.jit(read, static_argnums=0)
+
+
+def naive_memory_caching(q, k, v, u, gates, init_state, spec: MemorySpec, *, aggregation, segmentation,
+                         segment_size, top_k, init, pool, chunk_size):
+    """MC by definition. Arguments as in :func:`mc_jax.ops.memory_caching` (already validated)."""
+    batch, length = q.shape[:2]
+    runs: dict[int, list] = {}  # run start -> states after each of its tokens (extended on demand)
+
+    def memory_of(start: int, end: int) -> PyTree:
+        """The memory that compressed tokens ``[start, end]`` (inclusive)."""
+        run_start = start if init == "independent" else 0
+        states = runs.setdefault(run_start, [])
+        while len(states) <= end - run_start:
+            t = run_start + len(states)
+            previous = states[-1] if states else init_state
+            g_t = {name: g[:, t] for name, g in gates.items()}
+            states.append(_step(spec, previous, k[:, t], v[:, t], g_t, (t - run_start) % chunk_size == 0))
+        return readable(spec, states[end - run_start])
+
+    def pooled(start: int, end: int) -> Array:
+        keys = k[:, start : end + 1].sum(axis=1)
+        return keys / (end + 1 - start) if pool == "mean" else keys
+
+    outputs = []
+    for t in range(length):
+        ranges, online_start = cached_ranges(t, segmentation, segment_size)
+        online = memory_of(online_start, t)
+        mems = [memory_of(s, e - 1) for s, e in ranges]
+        q_t = q[:, t]
+        if aggregation == "residual":
+            gamma_on, gammas = jnp.ones((batch, q.shape[2])), [jnp.ones((batch, q.shape[2]))] * len(mems)
+        else:
+            logit_on = jnp.einsum("bhd,bhd->bh", u[:, t], pooled(online_start, t))
+            logits = [jnp.einsum("bhd,bhd->bh", u[:, t], pooled(s, e - 1)) for s, e in ranges]
+            keep = [jnp.ones_like(logit_on, dtype=bool) for _ in logits]
+            if aggregation == "ssc" and len(logits) > top_k:
+                # rank of each cached logit, largest first (ties: the older segment first)
+                rank = jnp.argsort(jnp.argsort(-jnp.stack(logits, -1), axis=-1, stable=True), axis=-1, stable=True)
+                keep = [rank[..., i] < top_k for i in range(len(logits))]
+            all_logits = jnp.stack([logit_on] + [jnp.where(m, l, -jnp.inf) for l, m in zip(logits, keep)], -1)
+            weights = jax.nn.softmax(all_logits, axis=-1)
+            gamma_on, gammas = weights[..., 0], [weights[..., i + 1] for i in range(len(mems))]
+        if aggregation == "soup":
+            mixed = jax.tree.map(lambda x: gamma_on.reshape(gamma_on.shape + (1, 1)) * x, online)
+            for g, mem in zip(gammas, mems):
+                mixed = jax.tree.map(lambda a, x: a + g.reshape(g.shape + (1, 1)) * x, mixed, mem)
+            y_t = _read(spec, mixed, q_t)
+        else:
+            y_t = gamma_on[..., None] * _read(spec, online, q_t)
+            for g, mem in zip(gammas, mems):
+                y_t = y_t + g[..., None] * _read(spec, mem, q_t)
+        outputs.append(y_t)
+    return jnp.stack(outputs, axis=1)

@@ -1,0 +1,67 @@
+"""Small numerical helpers shared by the ops: stable segment sums, padding, dtypes."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from mc_jax.typing import Array, Float
+
+
+def state_dtype() -> jnp.dtype:
+    """Recurrent states are float32, or float64 when x64 is enabled (DESIGN.md section 1)."""
+    return jnp.float64 if jax.config.read("jax_enable_x64") else jnp.float32
+
+
+def segsum(x: Float[Array, "... c"]) -> Float[Array, "... c c"]:
+    """``out[..., i, j] = sum_{j < m <= i} x[..., m]`` for ``i >= j`` and ``-inf`` above the diagonal.
+
+    Computed as a masked cumulative sum (no difference of two cumsums), so ``exp(segsum(log_gates))`` is the
+    lower-triangular matrix of products ``prod_{j < m <= i} gate_m`` without cancellation, and a gate of exactly
+    zero (``log = -inf``) gives exact zeros rather than NaN.
+    """
+    c = x.shape[-1]
+    rows = jnp.broadcast_to(x[..., :, None], x.shape + (c,))  # rows[i, j] = x_i
+    strict = jnp.tril(jnp.ones((c, c), dtype=bool), -1)
+    summed = jnp.cumsum(jnp.where(strict, rows, 0.0), axis=-2)
+    return jnp.where(jnp.tril(jnp.ones((c, c), dtype=bool)), summed, -jnp.inf)
+
+
+def decay_matrix(log_gate: Float[Array, "... c"]) -> Float[Array, "... c c"]:
+    """Lower-triangular ``D[i, j] = prod_{j < m <= i} exp(log_gate_m)`` (ones on the diagonal, zeros above)."""
+    return jnp.exp(segsum(log_gate))
+
+
+def pad_axis(x: Array, size: int, axis: int, value: float = 0.0) -> Array:
+    """Pad ``x`` at the end of ``axis`` up to ``size`` with ``value``."""
+    extra = size - x.shape[axis]
+    if extra == 0:
+        return x
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, extra)
+    return jnp.pad(x, widths, constant_values=value)
+
+
+def largest_divisor_at_most(n: int, cap: int) -> int:
+    """The largest divisor of ``n`` that is ``<= cap`` (used to pick an inner chunk that tiles a segment)."""
+    cap = max(1, min(cap, n))
+    for d in range(cap, 0, -1):
+        if n % d == 0:
+            return d
+    return 1
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def num_levels(num_blocks: int) -> int:
+    """Cache slots needed by log segmentation: bits of the largest block index ``num_blocks - 1``."""
+    return max(1, math.floor(math.log2(num_blocks - 1)) + 1) if num_blocks > 1 else 1
+
+
+def gelu_and_derivative(z: Array) -> tuple[Array, Array]:
+    """``gelu(z)`` (tanh approximation, ``jax.nn.gelu`` default) and its elementwise derivative."""
+    return jax.jvp(jax.nn.gelu, (z,), (jnp.ones_like(z),))

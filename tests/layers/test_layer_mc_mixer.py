@@ -1,0 +1,65 @@
+"""The MC mixer: the one-segment identity with the base layer, shapes, parameters, the table of gates."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from mc_jax.config import MixerConfig, ModelConfig
+from mc_jax.layers.block import MIXERS, Block, make_mixer
+from mc_jax.layers.mc_mixer import MCMixer
+
+
+def config(**mixer):
+    return ModelConfig(vocab_size=50, d_model=32, num_layers=2, num_heads=2, mixer=MixerConfig(**mixer))
+
+
+def transplant(src: nnx.Module, dst: nnx.Module) -> None:
+    """Copy the parameters ``dst`` has from ``src``."""
+    src_params = nnx.to_pure_dict(nnx.state(src, nnx.Param))
+    dst_state = nnx.state(dst, nnx.Param)
+    nnx.replace_by_pure_dict(dst_state, {k: src_params[k] for k in nnx.to_pure_dict(dst_state)})
+    nnx.update(dst, dst_state)
+
+
+@pytest.mark.parametrize("memory,chunk", [("gated_linear", None), ("titans", 4)])
+def test_one_segment_equals_base_layer(memory, chunk):
+    """With segment_size >= T nothing is cached: grm (gamma_online = 1) is the base memory ('none')."""
+    cfg = config(memory=memory, aggregation="grm", segment_size=32, chunk_size=chunk)
+    mc = MCMixer(cfg, "mc", rngs=nnx.Rngs(0))
+    base = MCMixer(cfg, "none", rngs=nnx.Rngs(1))
+    transplant(mc, base)
+    x = jax.random.normal(jax.random.key(0), (2, 20, 32))
+    y_mc, _ = jax.jit(lambda x: mc(x))(x)
+    y_base, _ = jax.jit(lambda x: base(x))(x)
+    np.testing.assert_allclose(y_mc, y_base, rtol=1e-5, atol=1e-6)
+
+
+def test_parameters_per_memory():
+    deep = MCMixer(config(memory="titans", segment_size=8, chunk_size=4, expansion=2), "mc", rngs=nnx.Rngs(0))
+    assert deep.W1.shape == (2, 16, 32) and deep.W2.shape == (2, 32, 16)
+    assert deep.gates.names == ("theta", "eta", "alpha")
+    assert deep.u_proj is not None
+    lin = MCMixer(config(memory="linear", aggregation="residual"), "mc", rngs=nnx.Rngs(0))
+    assert lin.u_proj is None and lin.gates.proj is None and not hasattr(lin, "W1")
+    delta = MCMixer(config(memory="delta", gates=("beta",)), "mc", rngs=nnx.Rngs(0))
+    assert delta.gates.names == ("beta",)
+    assert MCMixer(config(), "none", rngs=nnx.Rngs(0)).u_proj is None  # the base layer has no router
+
+
+def test_mixer_table_and_block_shapes():
+    assert set(MIXERS) == {"mc", "none", "attention", "sliding_window"}
+    with pytest.raises(ValueError, match="unknown mixer kind"):
+        make_mixer("rnn", config(), rngs=nnx.Rngs(0))
+    block = Block(config(kind="sliding_window", window=4), "sliding_window", rngs=nnx.Rngs(0))
+    y, cache = jax.jit(lambda x: block(x))(jnp.ones((1, 6, 32)))
+    assert y.shape == (1, 6, 32) and cache is None
+
+
+def test_mixer_bfloat16_compute_keeps_float32_params():
+    cfg = config(memory="delta", segment_size=8).replace(dtype="bfloat16")
+    mixer = MCMixer(cfg, "mc", rngs=nnx.Rngs(0))
+    y, _ = jax.jit(lambda x: mixer(x))(jnp.ones((1, 12, 32), jnp.bfloat16))
+    assert y.dtype == jnp.bfloat16 and bool(jnp.all(jnp.isfinite(y.astype(jnp.float32))))
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(nnx.state(mixer, nnx.Param)))
