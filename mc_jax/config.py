@@ -17,17 +17,14 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from mc_jax.ops.aggregation import AGGREGATIONS
-from mc_jax.ops.memories import MEMORIES
-from mc_jax.ops.segmentation import SEGMENTATIONS
-from mc_jax.ops.utils import largest_divisor_at_most
+from mc_jax.ops import AGGREGATIONS, MEMORIES, SEGMENTATIONS
+from mc_jax.ops.memory_caching import IMPLS, resolve_chunk
 
 MIXER_KINDS = ("mc", "none", "attention", "sliding_window")
 RECURRENT_KINDS = ("mc", "none")
 INITS = ("independent", "checkpoint")
 POOLS = ("mean", "sum")
 DTYPES = ("float32", "bfloat16", "float16")
-DEFAULT_DEEP_CHUNK = 16  # largest default inner chunk of a deep memory (a divisor of the segment size)
 
 
 def _choice(name: str, value: object, options: tuple[str, ...]) -> None:
@@ -35,11 +32,12 @@ def _choice(name: str, value: object, options: tuple[str, ...]) -> None:
         raise ValueError(f"{name}={value!r} is not one of {list(options)}")
 
 
-def _positive(name: str, value: int | float | None, *, optional: bool = False) -> None:
+def _positive(name: str, value: int | float | None, *, optional: bool = False, integer: bool = True) -> None:
     if value is None and optional:
         return
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ValueError(f"{name} must be a positive number; got {value!r}")
+    kinds = int if integer else int | float
+    if isinstance(value, bool) or not isinstance(value, kinds) or value <= 0:
+        raise ValueError(f"{name} must be a positive {'int' if integer else 'number'}; got {value!r}")
 
 
 def is_deep(memory: str) -> bool:
@@ -61,8 +59,8 @@ class MixerConfig:
         init: initial state of a segment, ``independent`` | ``checkpoint``.
         pool: how a segment's keys are pooled for the gate logits, ``mean`` | ``sum``.
         chunk_size: inner chunk of the memory. For deep memories it changes the math (gradients are taken at the
-            chunk-start weights), so it is fixed here; ``None`` picks the largest divisor of ``segment_size`` that
-            is at most 16. Linear memories are exact for any chunk; ``None`` lets the op choose.
+            chunk-start weights), so it is fixed here; ``None`` takes the op's default for ``segment_size`` (the
+            largest divisor at most 16). Linear memories are exact for any chunk; ``None`` lets the op choose.
         expansion: hidden width factor ``E`` of a deep memory's MLP.
         gates: gate projections the layer feeds the op; ``None`` = all gates the memory accepts (required and
             optional; e.g. ``delta`` gets ``beta`` and ``log_decay``, a gated delta rule).
@@ -98,8 +96,10 @@ class MixerConfig:
         _choice("mixer.segmentation", self.segmentation, SEGMENTATIONS)
         _choice("mixer.init", self.init, INITS)
         _choice("mixer.pool", self.pool, POOLS)
-        for name in ("segment_size", "expansion", "conv_width", "rope_theta"):
+        _choice("mixer.impl", self.impl, IMPLS)
+        for name in ("segment_size", "expansion", "conv_width"):
             _positive(f"mixer.{name}", getattr(self, name))
+        _positive("mixer.rope_theta", self.rope_theta, integer=False)
         for name in ("chunk_size", "key_dim", "value_dim", "window"):
             _positive(f"mixer.{name}", getattr(self, name), optional=True)
         if self.aggregation == "ssc" and self.top_k is None:
@@ -144,7 +144,7 @@ class MixerConfig:
         """The inner chunk passed to the op: fixed for deep memories, ``chunk_size`` (maybe ``None``) otherwise."""
         if self.chunk_size is not None or not self.deep:
             return self.chunk_size
-        return largest_divisor_at_most(self.segment_size, DEFAULT_DEEP_CHUNK)
+        return resolve_chunk(MEMORIES[self.memory], self.segment_size, None)  # the op's default for deep memories
 
 
 @dataclass(frozen=True)
@@ -181,8 +181,10 @@ class ModelConfig:
     remat: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "d_model", "num_layers", "num_heads", "mlp_multiple_of", "norm_eps", "init_std"):
+        for name in ("vocab_size", "d_model", "num_layers", "num_heads", "mlp_multiple_of"):
             _positive(name, getattr(self, name))
+        for name in ("norm_eps", "init_std"):
+            _positive(name, getattr(self, name), integer=False)
         _positive("mlp_hidden", self.mlp_hidden, optional=True)
         _choice("dtype", self.dtype, DTYPES)
         _choice("param_dtype", self.param_dtype, DTYPES)
@@ -192,6 +194,8 @@ class ModelConfig:
             _choice("pattern entry", kind, MIXER_KINDS)
         if "mc" in self.layer_pattern:
             self.mixer.check_segments()
+        if "sliding_window" in self.layer_pattern and self.mixer.window is None:
+            raise ValueError("a 'sliding_window' layer in the pattern needs mixer.window")
         if self.num_layers % len(self.layer_pattern):
             raise ValueError(f"num_layers={self.num_layers} is not a multiple of len(pattern)={len(self.pattern)}")
         if self.mixer.key_dim is None or self.mixer.value_dim is None or self.has_attention:

@@ -50,7 +50,7 @@ class MCMixer(nnx.Module):
             raise ValueError(f"MCMixer kind must be 'mc' or 'none'; got {kind!r}")
         m = config.mixer
         self.kind = kind
-        self.mixer = m
+        self.settings = m
         self.heads, self.dk, self.dv = config.num_heads, config.key_dim, config.value_dim
         d, h, dk, dv = config.d_model, self.heads, self.dk, self.dv
         dtype, pdtype = jnp.dtype(config.dtype), jnp.dtype(config.param_dtype)
@@ -76,20 +76,20 @@ class MCMixer(nnx.Module):
     # ---- static op settings ------------------------------------------------------------------------------------
     @property
     def aggregation(self) -> str:
-        return self.mixer.aggregation if self.kind == "mc" else "residual"
+        return self.settings.aggregation if self.kind == "mc" else "residual"
 
     @property
     def chunk(self) -> int | None:
         if self.kind == "mc":
-            return self.mixer.inner_chunk
-        return self.mixer.inner_chunk or LINEAR_BASE_CHUNK
+            return self.settings.inner_chunk
+        return self.settings.inner_chunk or LINEAR_BASE_CHUNK
 
     def segment_size(self, length: int) -> int:
         """Segment size for sequences up to ``length`` tokens (``none``: one segment covering them)."""
-        return self.mixer.segment_size if self.kind == "mc" else _round_up(length, self.chunk)
+        return self.settings.segment_size if self.kind == "mc" else _round_up(length, self.chunk)
 
     def _op_settings(self, segment_size: int) -> dict:
-        m, mc = self.mixer, self.kind == "mc"
+        m, mc = self.settings, self.kind == "mc"
         return dict(
             memory=m.memory, segmentation=m.segmentation if mc else "constant", segment_size=segment_size,
             init=m.init if mc else "independent", pool=m.pool, chunk_size=self.chunk,
@@ -97,7 +97,7 @@ class MCMixer(nnx.Module):
 
     def memory_params(self) -> dict[str, Array] | None:
         """The op's ``params``: learned initial weights of a deep memory (float32), ``None`` for linear ones."""
-        if not self.mixer.deep:
+        if not self.settings.deep:
             return None
         return {"W1": self.W1[...], "W2": self.W2[...]}
 
@@ -122,12 +122,12 @@ class MCMixer(nnx.Module):
         v, sv = self.v_conv(jax.nn.silu(self.v_proj(x)), states[2])
         q, k, v = l2_normalize(heads(q, self.dk)), l2_normalize(heads(k, self.dk)), heads(v, self.dv)
         u = None if self.u_proj is None else heads(self.u_proj(x), self.dk)
-        top_k = self.mixer.top_k if self.aggregation == "ssc" else None
-        common = dict(u=u, aggregation=self.aggregation, top_k=top_k, gates=self.gates(x), impl=self.mixer.impl)
+        top_k = self.settings.top_k if self.aggregation == "ssc" else None
+        common = dict(u=u, aggregation=self.aggregation, top_k=top_k, gates=self.gates(x), impl=self.settings.impl)
         if cache is None:
             y = memory_caching(q, k, v, params=self.memory_params(), **common, **self._op_settings(self.segment_size(t)))
             new_cache = None
-        else:
+        else:  # the segment size the cache was built with (MCCache.config[2]; for `none` it follows max_len)
             settings = self._op_settings(cache.memory.config[2])
             y, memory = memory_caching(q, k, v, cache=cache.memory, return_cache=True, **common, **settings)
             new_cache = MCMixerCache(sq, sk, sv, memory)

@@ -27,25 +27,27 @@ from mc_jax.typing import Array, Float, Int, PyTree
 
 # ---- sampling ------------------------------------------------------------------------------------------------------
 def sample_token(
-    logits: Float[Array, "b v"], key: Array | None, *, temperature: float = 0.0, top_p: float = 1.0
+    logits: Float[Array, "b v"], key: Array | None, *, temperature: float | Array = 0.0, top_p: float | Array = 1.0
 ) -> Int[Array, " b"]:
     """Greedy (``temperature == 0``) or temperature sampling restricted to the top-p nucleus.
 
     The nucleus is the smallest set of most likely tokens whose probability reaches ``top_p`` (the most likely
-    token is always in it).
+    token is always in it). ``temperature`` and ``top_p`` may be traced scalars, so one compiled generation loop
+    serves every sampling setting.
     """
-    if temperature < 0 or not 0 < top_p <= 1:
+    concrete = all(is_concrete(x) for x in (temperature, top_p))
+    if concrete and (float(temperature) < 0 or not 0 < float(top_p) <= 1):
         raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1; got {temperature}, {top_p}")
-    if temperature == 0:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    logits = logits.astype(jnp.float32) / temperature
-    if top_p < 1:
-        sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
-        probs = jax.nn.softmax(sorted_logits, axis=-1)
-        before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly before each token
-        threshold = jnp.min(jnp.where(before < top_p, sorted_logits, jnp.inf), axis=-1, keepdims=True)
-        logits = jnp.where(logits >= threshold, logits, -jnp.inf)
-    return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+    greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    if concrete and float(temperature) == 0:
+        return greedy
+    logits = logits.astype(jnp.float32) / jnp.maximum(temperature, 1e-6)
+    sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly before each token
+    threshold = jnp.min(jnp.where(before < top_p, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+    sampled = jax.random.categorical(key, jnp.where(logits >= threshold, logits, -jnp.inf), axis=-1)
+    return jnp.where(temperature > 0, sampled.astype(jnp.int32), greedy)
 
 
 # ---- prefill / decode ----------------------------------------------------------------------------------------------
@@ -71,7 +73,11 @@ def _decode(pure: PureModel, state: PyTree, token, cache):
 
 
 def decode(pure: PureModel, state: PyTree, token: Int[Array, " b"], cache: Cache) -> tuple[Float[Array, "b v"], Cache]:
-    """One decoding step: feed ``token [B]``; logits of the next token ``[B, V]`` and the updated cache."""
+    """One decoding step: feed ``token [B]``; logits of the next token ``[B, V]`` and the updated cache.
+
+    The caller keeps the total number of tokens within the ``max_len`` the cache was made for (beyond it an MC
+    cache stops adding segments and a full-attention ring buffer overwrites its oldest entries).
+    """
     if jnp.ndim(token) != 1:
         raise ValueError(f"decode takes one token per row, shape [B]; got shape {jnp.shape(token)}")
     check_tokens(jnp.asarray(token)[:, None] if is_concrete(token) else token[:, None], pure.config.vocab_size,
@@ -80,10 +86,9 @@ def decode(pure: PureModel, state: PyTree, token: Int[Array, " b"], cache: Cache
 
 
 # ---- the generation loop -------------------------------------------------------------------------------------------
-@partial(jax.jit, static_argnames=("pure", "min_len", "total", "max_new_tokens", "temperature", "top_p", "eos_id",
-                                   "pad_id"))
-def _generate(pure, state, prompts, lengths, key, *, min_len, total, max_new_tokens, temperature, top_p, eos_id,
-              pad_id):
+@partial(jax.jit, static_argnames=("pure", "min_len", "total", "max_new_tokens"))
+def _generate(pure, state, prompts, lengths, key, eos_id, pad_id, temperature, top_p, *, min_len, total,
+              max_new_tokens):
     batch = prompts.shape[0]
     cache = pure.init_cache(state, batch, total)
     h, cache = pure.hidden(state, prompts[:, :min_len], cache)
@@ -96,8 +101,7 @@ def _generate(pure, state, prompts, lengths, key, *, min_len, total, max_new_tok
         in_prompt = position < lengths
         stopped = done | (position >= lengths + max_new_tokens)
         token = jnp.where(in_prompt, prompts[:, position], jnp.where(stopped, pad_id, sampled))
-        if eos_id is not None:
-            done = done | (~in_prompt & (token == eos_id))
+        done = done | (~in_prompt & (token == eos_id))  # eos_id = -1: no stop token
         h, cache = pure.hidden(state, token[:, None], cache)
         return (pure.logits(state, h[:, 0]), cache, key, done), token
 
@@ -133,15 +137,20 @@ def generate(
         tokens, then ``pad_id``.
     """
     prompts = jnp.asarray(prompts)
-    check_tokens(prompts, pure.config.vocab_size, name="prompts")
+    check_tokens(jnp.zeros(prompts.shape, prompts.dtype), pure.config.vocab_size, name="prompts")  # shape, dtype
     b, p = prompts.shape
     lengths = np.full((b,), p) if lengths is None else np.asarray(lengths)
     if lengths.shape != (b,) or not np.issubdtype(lengths.dtype, np.integer):
         raise ValueError(f"lengths must be integers of shape [B] = ({b},); got {lengths.dtype}{list(lengths.shape)}")
     if lengths.min() < 1 or lengths.max() > p:
         raise ValueError(f"lengths must lie in [1, {p}] (the padded prompt width); got {lengths.tolist()}")
+    if is_concrete(prompts):  # the ids of the prompts proper (the padding is ignored)
+        real = np.arange(p)[None, :] < lengths[:, None]
+        check_tokens(np.where(real, np.asarray(prompts), 0), pure.config.vocab_size, name="prompts")
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive int; got {max_new_tokens!r}")
+    if temperature < 0 or not 0 < top_p <= 1:
+        raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1; got {temperature}, {top_p}")
     if temperature > 0 and key is None:
         raise ValueError("sampling with temperature > 0 needs a PRNG key")
     for name, value in (("pad_id", pad_id), ("eos_id", eos_id)):
@@ -151,6 +160,6 @@ def generate(
     prompts = jnp.pad(prompts[:, : int(lengths.max())], ((0, 0), (0, max_new_tokens)), constant_values=pad_id)
     return _generate(
         pure, state, prompts.astype(jnp.int32), jnp.asarray(lengths, jnp.int32),
-        jax.random.key(0) if key is None else key, min_len=min_len, total=total, max_new_tokens=max_new_tokens,
-        temperature=float(temperature), top_p=float(top_p), eos_id=eos_id, pad_id=pad_id,
+        jax.random.key(0) if key is None else key, jnp.int32(-1 if eos_id is None else eos_id), jnp.int32(pad_id),
+        jnp.float32(temperature), jnp.float32(top_p), min_len=min_len, total=total, max_new_tokens=max_new_tokens,
     )

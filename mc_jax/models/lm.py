@@ -1,12 +1,14 @@
 """The decoder-only language model: embedding, a stack of pattern units, final RMSNorm, LM head.
 
 With ``config.scan_layers`` the units' parameters are stacked on a leading axis (built with ``nnx.vmap``) and run
-with a ``lax.scan`` over the split unit state, so the unit is traced and compiled once whatever the depth; decoding caches are stacked the same
-way and scanned alongside. ``config.remat`` rematerialises each unit in the backward pass.
+with a ``lax.scan`` over the split unit state, so the unit is traced and compiled once whatever the depth; decoding
+caches are stacked the same way and scanned alongside. ``config.remat`` rematerialises each unit in the backward
+pass (``jax.checkpoint``).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -51,8 +53,9 @@ class LanguageModel(nnx.Module):
     # ---- pieces ------------------------------------------------------------------------------------------------
     def init_cache(self, batch: int, max_len: int) -> Cache:
         """Empty decoding state for ``batch`` rows and up to ``max_len`` tokens in total (all layers)."""
-        if self.config.scan_layers:
-            return nnx.vmap(lambda unit: unit.init_cache(batch, max_len), in_axes=0, out_axes=0)(self.units)
+        if self.config.scan_layers:  # one cache per stacked unit, stacked the same way (pure jax.vmap, as in _stack)
+            graphdef, state = nnx.split(self.units)
+            return jax.vmap(lambda s: nnx.merge(graphdef, s).init_cache(batch, max_len))(state)
         return tuple(unit.init_cache(batch, max_len) for unit in self.units)
 
     def hidden(self, tokens: Int[Array, "b t"], cache: Cache | None = None) -> tuple[Float[Array, "b t d"], Cache | None]:
@@ -68,24 +71,20 @@ class LanguageModel(nnx.Module):
         return out.astype(jnp.float32)
 
     def _stack(self, x, cache):
-        def body(unit: Unit, x, c):
-            return unit(x, c)
+        # Units run as pure functions of their split state (plain jax.lax.scan / jax.checkpoint rather than the
+        # nnx transforms), so the model also works when a caller's jax transform closes over traced state (e.g. a
+        # decoding loop in lax.scan). The forward pass mutates no variable, so nothing is written back.
+        def call(graphdef, state, x, c):
+            return nnx.merge(graphdef, state)(x, c)
 
+        if self.config.remat:
+            call = jax.checkpoint(call, static_argnums=(0,))
         if self.config.scan_layers:
-            # A plain lax.scan over the split unit state (what nnx.scan does, but usable from any trace level:
-            # the merged unit is rebuilt inside the body, so a pure caller may close over traced state).
             graphdef, state = nnx.split(self.units)
-
-            def step(x, xs):
-                unit_state, c = xs
-                return body(nnx.merge(graphdef, unit_state), x, c)
-
-            step = jax.checkpoint(step) if self.config.remat else step
-            return jax.lax.scan(step, x, (state, cache))
-        body = nnx.remat(body) if self.config.remat else body
+            return jax.lax.scan(lambda x, xs: call(graphdef, xs[0], x, xs[1]), x, (state, cache))
         new = []
         for i, unit in enumerate(self.units):
-            x, c = body(unit, x, None if cache is None else cache[i])
+            x, c = call(*nnx.split(unit), x, None if cache is None else cache[i])
             new.append(c)
         return x, None if cache is None else tuple(new)
 
@@ -101,7 +100,18 @@ class LanguageModel(nnx.Module):
 
 def count_params(model: nnx.Module) -> int:
     """Number of scalar parameters (``nnx.Param`` leaves), also for an abstract model from ``nnx.eval_shape``."""
-    return sum(int(jnp.size(x)) if hasattr(x, "size") else 0 for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def param_summary(model: nnx.Module, depth: int = 3) -> dict[str, int]:
+    """Parameter counts grouped by the first ``depth`` parts of each path, e.g. ``units/blocks/0/mixer``."""
+    out: dict[str, int] = {}
+    for path, x in jax.tree_util.tree_leaves_with_path(nnx.state(model, nnx.Param)):
+        keys = [str(getattr(k, "key", getattr(k, "idx", k))) for k in path]
+        keys = [k for k in keys if not k.startswith(".")][:depth]  # drop the Variable's own `.value` entry
+        name = "/".join(keys)
+        out[name] = out.get(name, 0) + math.prod(x.shape)
+    return out
 
 
 def create_model(config: ModelConfig, seed: int = 0) -> LanguageModel:

@@ -14,6 +14,10 @@ from mc_jax.ops.segmentation import SEGMENTATIONS
 from mc_jax.ops.utils import largest_divisor_at_most
 from mc_jax.typing import Array, Float, PyTree
 
+_STATIC = ("spec", "aggregation", "segmentation", "segment_size", "top_k", "init", "pool", "chunk")
+_parallel = jax.jit(mc_parallel, static_argnames=_STATIC)
+_stream = jax.jit(mc_stream, static_argnames=_STATIC)
+
 INITS = ("independent", "checkpoint")
 POOLS = ("mean", "sum")
 IMPLS = ("auto", "naive", "xla")
@@ -140,7 +144,7 @@ def memory_caching(
 
     if cache is None and not return_cache:
         state = initial_state(spec, params, b, h, dk, dv)
-        return mc_parallel(q, k, v, u_used, gates, state, spec, chunk=chunk, **kwargs).astype(q.dtype)
+        return _parallel(q, k, v, u_used, gates, state, spec=spec, chunk=chunk, **kwargs).astype(q.dtype)
 
     if cache is None:  # a fresh cache sized for this call; use init_cache to leave room for more tokens
         state = initial_state(spec, params, b, h, dk, dv)
@@ -163,7 +167,7 @@ def memory_caching(
                 raise ValueError(
                     f"the cache has {cache.capacity} slots but {int(cache.position) + t} tokens need {needed}; "
                     f"create it with init_cache(..., max_len=<total tokens>) and pass it to the first call")
-    y, cache = mc_stream(q, k, v, u_used, gates, cache, spec, chunk=chunk, **kwargs)
+    y, cache = _stream(q, k, v, u_used, gates, cache, spec=spec, chunk=chunk, **kwargs)
     y = y.astype(q.dtype)
     return (y, cache) if return_cache else y
 

@@ -1,8 +1,8 @@
 """Every mixer kind: prefill + token-by-token decoding reproduces the full forward pass, and the gradients at
 initialisation are finite.
 
-The prompt (7 tokens) ends mid-segment and decoding crosses several segment boundaries (segments of 2-4 tokens,
-20 tokens in all; titans-grm also has two inner chunks per segment). Compile time dominates on a CPU, so each configuration is one jit (forward with gradients,
+The prompt (7 tokens) ends mid-segment and decoding crosses several segment boundaries (segments of 3-4 tokens,
+20 tokens in all). Compile time dominates on a CPU, so each configuration is one jit (forward with gradients,
 prefill, and a ``lax.scan`` of single-token decode steps), shared by the tests through a cache.
 """
 
@@ -15,37 +15,42 @@ import optax
 import pytest
 from model_helpers import tiny, tokens
 
-from mc_jax.models.generate import decode, prefill
+from mc_jax.models.generate import _decode, decode, prefill
 from mc_jax.models.pure import PureModel
 
 PROMPT, TOTAL = 7, 20
 CASES = {
-    # every memory with grm (and, riding along, log segmentation and checkpoint init)
-    "linear-grm": dict(memory="linear", segment_size=4),
-    "gated_linear-grm-checkpoint": dict(memory="gated_linear", init="checkpoint", segment_size=4),
-    "delta-grm-log": dict(memory="delta", segmentation="log", segment_size=2),
+    # every memory with grm (and, riding along, log segmentation, checkpoint init, the unrolled stack with remat)
+    "linear-grm-loop-remat": dict(memory="linear", segment_size=4, scan_layers=False, remat=True),
+    "gated_linear-grm-log": dict(memory="gated_linear", segmentation="log", segment_size=4),
+    "delta-grm-checkpoint": dict(memory="delta", init="checkpoint", segment_size=4),
     "dla-grm": dict(memory="dla", segment_size=4, chunk_size=4),
-    "titans-grm": dict(memory="titans", segment_size=4, chunk_size=2),
-    # the other aggregations
-    "linear-residual": dict(memory="linear", aggregation="residual", segment_size=4),
-    "titans-soup": dict(memory="titans", aggregation="soup", segment_size=4, chunk_size=4),
-    "gated_linear-ssc": dict(memory="gated_linear", aggregation="ssc", top_k=2, segment_size=3),
-    # a base memory without caching, and attention (full and sliding window in one hybrid)
-    "none-titans": dict(kind="none", memory="titans", chunk_size=10),
-    "attention+sliding_window": dict(kind="attention", window=5, pattern=("attention", "sliding_window")),
+    # titans: two inner chunks per segment, in a hybrid with its base layer ("none")
+    "titans-grm+none": dict(memory="titans", segment_size=4, chunk_size=2, pattern=("mc", "none")),
+    # the other aggregations; hybrids with the base layer ("none") and with attention / sliding window
+    "linear-residual+none": dict(memory="linear", aggregation="residual", segment_size=4, pattern=("mc", "none")),
+    "dla-soup": dict(memory="dla", aggregation="soup", segment_size=4, chunk_size=4),
+    "gated_linear-ssc+attention+sliding_window": dict(
+        memory="gated_linear", aggregation="ssc", top_k=2, segment_size=3, window=5,
+        pattern=("mc", "attention", "sliding_window")),
 }
 
 
 def config_for(case: str):
     kw = dict(CASES[case])
     pattern = kw.pop("pattern", ())
-    return tiny(num_layers=max(1, len(pattern)), pattern=pattern, **kw)
+    flags = {name: kw.pop(name) for name in ("scan_layers", "remat") if name in kw}
+    return tiny(num_layers=max(1, len(pattern)), pattern=pattern, **kw).replace(**flags)
+
+
+def case_tokens():
+    return tokens(2, TOTAL)
 
 
 @functools.cache
 def results(case: str):
     pure, state = PureModel.create(config_for(case), seed=1)
-    toks = tokens(2, TOTAL)
+    toks = case_tokens()
 
     def loss(state, toks):
         logits = pure.apply(state, toks)
@@ -85,17 +90,19 @@ def test_gradients_finite_at_init(case):
 
 
 def test_public_prefill_and_decode_steps():
-    """The jitted public API: prefill then decode one token at a time; the cache keeps its shapes (one compile)."""
-    pure, state = PureModel.create(config_for("linear-residual"), seed=2)
-    toks = tokens(2, 12, seed=3)
-    full = jax.jit(pure.apply)(state, toks)
-    cache = pure.init_cache(state, 2, 12)
-    logits, cache = prefill(pure, state, toks[:, :5], cache, all_logits=True)
-    np.testing.assert_allclose(logits, full[:, :5], rtol=1e-5, atol=1e-5)
+    """The jitted public API: prefill, then decode one token at a time; the cache keeps its shapes, so every
+    step runs the same executable (the cost per token does not grow)."""
+    case = "linear-residual+none"
+    full = results(case)[0]
+    pure, state = PureModel.create(config_for(case), seed=1)
+    toks = case_tokens()
+    cache = pure.init_cache(state, 2, TOTAL)
+    logits, cache = prefill(pure, state, toks[:, :PROMPT], cache)
+    np.testing.assert_allclose(logits, full[:, PROMPT - 1], rtol=1e-5, atol=1e-5)
     shapes = jax.tree.map(jnp.shape, cache)
-    for t in range(5, 12):
+    compiled = _decode._cache_size()
+    for t in range(PROMPT, PROMPT + 6):
         logits, cache = decode(pure, state, toks[:, t], cache)
         np.testing.assert_allclose(logits, full[:, t], rtol=1e-5, atol=1e-5)
         assert jax.tree.map(jnp.shape, cache) == shapes
-    last, _ = prefill(pure, state, toks[:, :5], pure.init_cache(state, 2, 12))
-    np.testing.assert_allclose(last, full[:, 4], rtol=1e-5, atol=1e-5)
+    assert _decode._cache_size() == compiled + 1  # every step reuses one executable: fixed-shape state

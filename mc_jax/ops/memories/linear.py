@@ -63,7 +63,9 @@ def state_pass(
     kc, vc, g = _prepare(k, v, gates, chunk)
     cum = jnp.cumsum(g, axis=-1)  # r n h c
     total = cum[..., -1]  # r n h
-    k_to_end = kc * jnp.exp(total[..., None] - cum)[..., None]
+    # decay from token i to the chunk end, sum_{m > i} g_m, as a reverse cumsum (no -inf - -inf at a zero gate)
+    after = jnp.concatenate([g[..., 1:], jnp.zeros_like(g[..., :1])], axis=-1)
+    k_to_end = kc * jnp.exp(jnp.flip(jnp.cumsum(jnp.flip(after, -1), -1), -1))[..., None]
     if "beta" in gates:
         beta = to_chunks(gates["beta"].astype(kc.dtype), chunk)  # r n h c
         decay = decay_matrix(g)

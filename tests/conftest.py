@@ -1,0 +1,19 @@
+import os
+
+# Simulated devices for sharding tests; must be set before jax is imported anywhere.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The suite compiles many tiny programs: XLA's optimisation passes cost more than they save at these sizes
+# (about 2x faster compiles). Numerics are unchanged: the tests compare against float64 references.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def x64():
+    """Run a test with 64-bit types (the top rung of the ladder is float64)."""
+    import jax
+
+    with jax.enable_x64(True):
+        yield
