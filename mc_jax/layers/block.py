@@ -74,7 +74,9 @@ class Unit(nnx.Module):
     def init_cache(self, batch: int, max_len: int) -> tuple:
         return tuple(block.init_cache(batch, max_len) for block in self.blocks)
 
-    def __call__(self, x: Float[Array, "b t d"], caches: tuple | None = None) -> tuple[Float[Array, "b t d"], tuple | None]:
+    def __call__(
+        self, x: Float[Array, "b t d"], caches: tuple | None = None
+    ) -> tuple[Float[Array, "b t d"], tuple | None]:
         new = []
         for i, block in enumerate(self.blocks):
             x, c = block(x, None if caches is None else caches[i])

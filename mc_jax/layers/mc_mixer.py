@@ -125,7 +125,8 @@ class MCMixer(nnx.Module):
         top_k = self.settings.top_k if self.aggregation == "ssc" else None
         common = dict(u=u, aggregation=self.aggregation, top_k=top_k, gates=self.gates(x), impl=self.settings.impl)
         if cache is None:
-            y = memory_caching(q, k, v, params=self.memory_params(), **common, **self._op_settings(self.segment_size(t)))
+            settings = self._op_settings(self.segment_size(t))
+            y = memory_caching(q, k, v, params=self.memory_params(), **common, **settings)
             new_cache = None
         else:  # the segment size the cache was built with (MCCache.config[2]; for `none` it follows max_len)
             settings = self._op_settings(cache.memory.config[2])

@@ -7,7 +7,9 @@ import jax.numpy as jnp
 from mc_jax.typing import Array, Float, Int
 
 
-def apply_rope(x: Float[Array, "b t h d"], positions: Int[Array, " t"], theta: float = 10000.0) -> Float[Array, "b t h d"]:
+def apply_rope(
+    x: Float[Array, "b t h d"], positions: Int[Array, " t"], theta: float = 10000.0
+) -> Float[Array, "b t h d"]:
     """Rotate feature pairs ``(x[i], x[i + d/2])`` by ``position * theta^(-2i/d)`` (float32 angles)."""
     d = x.shape[-1]
     freq = theta ** (-jnp.arange(0, d // 2, dtype=jnp.float32) * 2 / d)

@@ -58,7 +58,9 @@ class LanguageModel(nnx.Module):
             return jax.vmap(lambda s: nnx.merge(graphdef, s).init_cache(batch, max_len))(state)
         return tuple(unit.init_cache(batch, max_len) for unit in self.units)
 
-    def hidden(self, tokens: Int[Array, "b t"], cache: Cache | None = None) -> tuple[Float[Array, "b t d"], Cache | None]:
+    def hidden(
+        self, tokens: Int[Array, "b t"], cache: Cache | None = None
+    ) -> tuple[Float[Array, "b t d"], Cache | None]:
         """Final-normed hidden states (and the updated cache when one is given)."""
         check_tokens(tokens, self.config.vocab_size)
         x = self.embed(tokens)

@@ -1,10 +1,12 @@
 """The streaming form of Memory Caching: a fixed-capacity cache pytree and a scan over segments.
 
-A call processes any number of new tokens from a cache: the tokens are placed in a buffer of whole segments
-aligned to absolute segment boundaries (the current position may be mid-segment, also under ``jit``), positions
-outside the new tokens are identity steps, and a ``lax.scan`` walks the segments. Per segment it runs the online
-memory chunk-wise, reads the cached memories, and at a completed segment appends the online memory to the cache
-and resets it (``independent``) or keeps it (``checkpoint``). Decoding is the same call with one token.
+A call processes any number of new tokens from a cache: the tokens are placed in a buffer of whole inner chunks
+aligned to absolute chunk boundaries (the current position may be mid-chunk, also under ``jit``), positions outside
+the new tokens are identity steps, and a ``lax.scan`` walks the chunks. Segment boundaries are chunk boundaries
+(the chunk divides the segment size), so per chunk it runs the online memory, reads the cached memories, and when
+the chunk completes a segment it appends the online memory to the cache and resets it (``independent``) or keeps
+it (``checkpoint``). Decoding is the same call with one token and costs one inner chunk plus one read per cached
+memory, whatever the segment size.
 
 Log segmentation keeps one slot per level (slot ``p`` holds the group of ``2^p`` blocks present when bit ``p`` of
 the block index is set) and, for ``independent`` memories, an in-progress memory per level that has compressed the
@@ -59,7 +61,24 @@ class MCCache:
 
     @property
     def capacity(self) -> int:
+        """Number of cache slots."""
         return self.slot_valid.shape[0]
+
+    @property
+    def memory(self) -> str:
+        return self.config[0]
+
+    @property
+    def segmentation(self) -> str:
+        return self.config[1]
+
+    @property
+    def segment_size(self) -> int:
+        return self.config[2]
+
+    @property
+    def chunk_size(self) -> int:
+        return self.config[5]
 
 
 def cache_slots(max_len: int, segmentation: str, segment_size: int) -> int:
@@ -117,19 +136,19 @@ def mc_stream(q, k, v, u, gates, cache: MCCache, spec: MemorySpec, *, aggregatio
     b, t, h, dk = q.shape
     size = segment_size
     sd = state_dtype()
-    offset = cache.position % size
-    n_seg = ceil_div(size - 1 + t, size)
-    length = n_seg * size
+    offset = cache.position % chunk
+    n_steps = ceil_div(chunk - 1 + t, chunk)
+    length = n_steps * chunk
     place = lambda x, value=0.0: _place(x.astype(sd), offset, length, value)
     q_b, k_b, v_b = place(q), place(k), place(v)
     u_b = None if u is None else place(u)
     gates_b = {name: place(g, IDENTITY_GATES[name]) for name, g in gates.items()}
     real = (jnp.arange(length) >= offset) & (jnp.arange(length) < offset + t)
-    split = lambda x: None if x is None else jnp.moveaxis(x.reshape(b, n_seg, size, *x.shape[2:]), 1, 0)
+    split = lambda x: None if x is None else jnp.moveaxis(x.reshape(b, n_steps, chunk, *x.shape[2:]), 1, 0)
 
-    def segment(cache: MCCache, xs):
-        qs, ks, vs, us, gs, valid = xs  # [b, C, h, *], valid [C]
-        valid_bh = jnp.broadcast_to(valid[None, :, None], (b, size, h))
+    def step(cache: MCCache, xs):
+        qs, ks, vs, us, gs, valid = xs  # one inner chunk: [b, c, h, *], valid [c]
+        valid_bh = jnp.broadcast_to(valid[None, :, None], (b, chunk, h))
         data, online = mem.state_pass(spec, ks, vs, gs, cache.online, chunk, valid_bh)
         y_online = mem.read_online(spec, qs, ks, gs, data, chunk)
 
@@ -139,10 +158,10 @@ def mc_stream(q, k, v, u, gates, cache: MCCache, spec: MemorySpec, *, aggregatio
         online_pooled = _pool(cache.key_sums[0][:, None] + jnp.cumsum(masked_keys, axis=1), count, pool)
         online_logit = None if us is None else jnp.einsum("bchd,bchd->bch", us, online_pooled)
         cached_logits = None if us is None else jnp.einsum("bchd,mbhd->bchm", us, cache.slot_keys)
-        available = jnp.broadcast_to(cache.slot_valid, (b, size, h, cache.capacity))
+        available = jnp.broadcast_to(cache.slot_valid, (b, chunk, h, cache.capacity))
         gamma, gamma_on = agg.weights(aggregation, cached_logits, online_logit, available, top_k)
         slots = jax.tree.map(lambda s: jnp.moveaxis(s, 0, 1), cache.slots)  # b m h ...
-        mix = lambda what, x: dense_mix(spec, what, slots, gamma, x, size)
+        mix = lambda what, x: dense_mix(spec, what, slots, gamma, x, chunk)
         if aggregation == "soup" and spec.family == "deep":
             z_online = from_chunks(deep.apply_layer("W2", to_chunks(qs, chunk), data))
             hidden = jax.nn.gelu(gamma_on[..., None] * z_online + mix("W2", qs))
@@ -163,7 +182,7 @@ def mc_stream(q, k, v, u, gates, cache: MCCache, spec: MemorySpec, *, aggregatio
             _, advanced = mem.state_pass(spec, runs(ks), runs(vs), {n: runs(g) for n, g in gs.items()}, flat,
                                          chunk, runs(valid_bh))
             levels = jax.tree.map(lambda s: s.reshape(n_lv, b, *s.shape[1:]), advanced)
-        done = valid[-1]  # the segment's last token is real: the segment is complete
+        done = valid[-1] & (position % size == 0)  # this chunk ended with the segment's last token
         block = (position - 1) // size
         fresh = cache.initial if init == "independent" else online
         if segmentation == "constant":
@@ -201,7 +220,7 @@ def mc_stream(q, k, v, u, gates, cache: MCCache, spec: MemorySpec, *, aggregatio
         return new, y
 
     xs = (split(q_b), split(k_b), split(v_b), split(u_b), {n: split(g) for n, g in gates_b.items()},
-          real.reshape(n_seg, size))
-    cache, ys = jax.lax.scan(segment, cache, xs)
+          real.reshape(n_steps, chunk))
+    cache, ys = jax.lax.scan(step, cache, xs)
     ys = jnp.moveaxis(ys, 0, 1).reshape(b, length, h, -1)
     return jax.lax.dynamic_slice_in_dim(ys, offset, t, axis=1), cache

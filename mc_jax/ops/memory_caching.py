@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import warnings
+
 import jax
 import jax.numpy as jnp
 
@@ -15,12 +18,12 @@ from mc_jax.ops.utils import largest_divisor_at_most
 from mc_jax.typing import Array, Float, PyTree
 
 _STATIC = ("spec", "aggregation", "segmentation", "segment_size", "top_k", "init", "pool", "chunk")
-_parallel = jax.jit(mc_parallel, static_argnames=_STATIC)
+_parallel = jax.jit(mc_parallel, static_argnames=_STATIC + ("impl",))
 _stream = jax.jit(mc_stream, static_argnames=_STATIC)
 
 INITS = ("independent", "checkpoint")
 POOLS = ("mean", "sum")
-IMPLS = ("auto", "naive", "xla")
+IMPLS = ("auto", "naive", "xla", "pallas")
 DEFAULT_CHUNK = {"linear": 64, "deep": 16}
 
 
@@ -48,6 +51,24 @@ def resolve_chunk(spec: MemorySpec, segment_size: int, chunk_size: int | None) -
             )
         return chunk_size
     return largest_divisor_at_most(segment_size, chunk_size or DEFAULT_CHUNK["linear"])
+
+
+@functools.cache
+def _warn_fallback(reason: str) -> None:
+    warnings.warn(f"impl='pallas': {reason}; using the XLA implementation", stacklevel=3)
+
+
+def resolve_impl(impl: str, spec: MemorySpec, streaming: bool) -> str:
+    """``xla`` or ``pallas`` for the fast forms (``auto``: Pallas on GPU/TPU, XLA on CPU)."""
+    if impl == "auto":
+        impl = "pallas" if jax.default_backend() in ("gpu", "tpu") else "xla"
+    if impl == "pallas" and spec.family == "deep":
+        _warn_fallback(f"no kernel for deep memory {spec.name!r}")
+        return "xla"
+    if impl == "pallas" and streaming:
+        _warn_fallback("the streaming form (cache / return_cache) has no kernel yet")
+        return "xla"
+    return impl
 
 
 def _check_arrays(q, k, v, u) -> None:
@@ -104,7 +125,10 @@ def memory_caching(
         params: initial memory: linear ``[B, H, Dk, Dv]`` / ``[H, Dk, Dv]`` or None (zeros); deep (required)
             ``{"W1": [H, D, E*D], "W2": [H, E*D, D]}``, optionally with a leading batch axis.
         chunk_size: inner chunk size; must divide ``segment_size`` for deep memories (default: a divisor <= 16).
-        impl: ``auto``/``xla`` (chunk-wise XLA) or ``naive`` (the per-token definition; slow).
+        impl: ``xla`` (chunk-wise XLA), ``pallas`` (Pallas kernels for the state pass and the cached read of linear
+            memories; interpret mode on CPU), ``auto`` (``pallas`` on GPU/TPU, ``xla`` on CPU) or ``naive`` (the
+            per-token definition; slow). Where no kernel covers a configuration (deep memories, the streaming form)
+            ``pallas`` falls back to XLA with a one-time warning.
         return_cache: also return an :class:`MCCache` to continue from (decoding, or a second call).
         cache: continue from this cache (from ``return_cache=True`` or :func:`init_cache`).
 
@@ -142,9 +166,11 @@ def memory_caching(
         y = naive_memory_caching(q, k, v, u_used, gates, state, spec, chunk_size=chunk, **kwargs)
         return y.astype(q.dtype)
 
+    impl = resolve_impl(impl, spec, streaming=cache is not None or return_cache)
     if cache is None and not return_cache:
         state = initial_state(spec, params, b, h, dk, dv)
-        return _parallel(q, k, v, u_used, gates, state, spec=spec, chunk=chunk, **kwargs).astype(q.dtype)
+        y = _parallel(q, k, v, u_used, gates, state, spec=spec, chunk=chunk, impl=impl, **kwargs)
+        return y.astype(q.dtype)
 
     if cache is None:  # a fresh cache sized for this call; use init_cache to leave room for more tokens
         state = initial_state(spec, params, b, h, dk, dv)

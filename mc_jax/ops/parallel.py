@@ -46,12 +46,20 @@ def _broadcast_runs(state, runs_per_row: int):
     return jax.tree.map(lambda s: jnp.repeat(s, runs_per_row, axis=0), state)
 
 
-def _compress(spec, k, v, gates, valid, init_state, run: int, chunk: int):
+def _compress(spec, k, v, gates, valid, init_state, run: int, chunk: int, state_pass=mem.state_pass):
     """Independent runs of length ``run``; returns ``(chunk_data, finals [b * t / run, ...])``."""
     runs = lambda x: _to_runs(x, run)
     gates_r = {name: runs(g) for name, g in gates.items()}
     init = _broadcast_runs(init_state, k.shape[1] // run)
-    return mem.state_pass(spec, runs(k), runs(v), gates_r, init, chunk, runs(valid))
+    return state_pass(spec, runs(k), runs(v), gates_r, init, chunk, runs(valid))
+
+
+def _pallas_state_pass(spec, k, v, gates, state, chunk, valid):
+    """``mem.state_pass`` for linear memories through the chunk-state kernel (same results and gradients)."""
+    from mc_jax.kernels import chunk_state
+
+    starts, u, final = chunk_state.state_pass(k, v, gates, state, chunk, valid)
+    return (starts, u), final
 
 
 def _chunk_boundary_states(spec: MemorySpec, chunk_data, final):
@@ -65,8 +73,13 @@ def _pool(key_sum, count, pool: str):
 
 
 def mc_parallel(q, k, v, u, gates, init_state, spec: MemorySpec, *, aggregation: str, segmentation: str,
-                segment_size: int, top_k: int | None, init: str, pool: str, chunk: int):
-    """Memory Caching over a whole sequence from the initial state. Inputs validated, gates completed."""
+                segment_size: int, top_k: int | None, init: str, pool: str, chunk: int, impl: str = "xla"):
+    """Memory Caching over a whole sequence from the initial state. Inputs validated, gates completed.
+
+    ``impl="pallas"``: linear memories use the Pallas chunk-state and cache-read kernels (deep memories stay XLA).
+    """
+    kernels = impl == "pallas" and spec.family == "linear"
+    state_pass = _pallas_state_pass if kernels else mem.state_pass
     b, t, h, dk = q.shape
     sd = state_dtype()
     size = segment_size
@@ -82,16 +95,16 @@ def mc_parallel(q, k, v, u, gates, init_state, spec: MemorySpec, *, aggregation:
 
     # --- 1. compress: online chunk data (for the online read) and the cached memories --------------------------
     if init == "independent":
-        online_data, block_finals = _compress(spec, k, v, gates, valid, init_state, size, chunk)
+        online_data, block_finals = _compress(spec, k, v, gates, valid, init_state, size, chunk, state_pass)
         online_layout = size
         level_finals = [jax.tree.map(lambda s: s.reshape(b, n_blocks, *s.shape[1:]), block_finals)]
         if segmentation == "log":
             for p in range(1, levels):
-                _, finals = _compress(spec, k, v, gates, valid, init_state, size << p, chunk)
+                _, finals = _compress(spec, k, v, gates, valid, init_state, size << p, chunk, state_pass)
                 level_finals.append(jax.tree.map(lambda s: s.reshape(b, -1, *s.shape[1:]), finals))
         level_finals = [mem.readable(spec, f) for f in level_finals]
     else:
-        online_data, final = mem.state_pass(spec, k, v, gates, init_state, chunk, valid)
+        online_data, final = state_pass(spec, k, v, gates, init_state, chunk, valid)
         online_layout = length
         boundaries = _chunk_boundary_states(spec, online_data, final)  # state after (j * chunk) tokens
         per_block = size // chunk
@@ -147,6 +160,18 @@ def mc_parallel(q, k, v, u, gates, init_state, spec: MemorySpec, *, aggregation:
         while n_blocks % group_blocks:
             group_blocks -= 1
         mix = lambda what, x: dense_mix(spec, what, stack, gamma, x, size * group_blocks)
+        if kernels:
+            from mc_jax.kernels import cache_read
+            from mc_jax.kernels._common import resolve_strategy
+
+            # the query block divides the segment: one set of available slots per query block
+            bq = cache_read.api.default_block_q(size, resolve_strategy("auto"))
+            if aggregation == "ssc" and bq * top_k < n_blocks:  # top-k read: only the used states of each block
+                idx = cache_read.slot_indices(gamma, bq, bq * top_k)
+                mix = lambda what, x: cache_read.sparse_mix(stack, gamma, x, idx, block_q=bq)
+            else:
+                mix = lambda what, x: cache_read.dense_mix(spec, what, stack, gamma, x, size * group_blocks,
+                                                           block_q=bq)
     else:
         mix = lambda what, x: blocked_mix(spec, what, stacks, gamma, x)
 

@@ -46,6 +46,45 @@ def _prepare(k, v, gates, chunk):
     return kc, vc, g
 
 
+def chunk_terms(k: Float[Array, "r t h dk"], v: Float[Array, "r t h dv"], gates: dict[str, Array], chunk: int):
+    """The parallel (over chunks) part of the state pass.
+
+    Returns ``(k_to_end [r n h c dk], u_hat [r n h c dv], w [r n h c dk] | None, total [r n h])``: keys decayed to the
+    chunk end, ``U_hat = A (b V)`` (``V`` without the delta rule), ``W = A (b G K)`` (delta only) and the log decay of
+    the whole chunk. The Pallas chunk-state kernel takes these as inputs.
+    """
+    kc, vc, g = _prepare(k, v, gates, chunk)
+    cum = jnp.cumsum(g, axis=-1)  # r n h c
+    total = cum[..., -1]  # r n h
+    # decay from token i to the chunk end, sum_{m > i} g_m, as a reverse cumsum (no -inf - -inf at a zero gate)
+    after = jnp.concatenate([g[..., 1:], jnp.zeros_like(g[..., :1])], axis=-1)
+    k_to_end = kc * jnp.exp(jnp.flip(jnp.cumsum(jnp.flip(after, -1), -1), -1))[..., None]
+    if "beta" not in gates:
+        return k_to_end, vc, None, total
+    beta = to_chunks(gates["beta"].astype(kc.dtype), chunk)  # r n h c
+    kk = jnp.einsum("rnhid,rnhjd->rnhij", kc, kc)
+    system = jnp.tril(beta[..., :, None] * kk * decay_matrix(g), -1) + jnp.eye(chunk, dtype=kc.dtype)
+    w = solve_triangular(system, (beta * jnp.exp(cum))[..., None] * kc, lower=True, unit_diagonal=True)
+    u_hat = solve_triangular(system, beta[..., None] * vc, lower=True, unit_diagonal=True)
+    return k_to_end, u_hat, w, total
+
+
+def scan_chunks(terms, state: Float[Array, "r h dk dv"]):
+    """The sequential part of the state pass over :func:`chunk_terms`: ``(starts, u, final)``."""
+    k_to_end, u_hat, w, total = terms
+
+    def step(s, xs):
+        k_end, u_h, w_n, a_n = xs
+        u = u_h if w_n is None else u_h - jnp.einsum("rhcd,rhdv->rhcv", w_n, s)
+        s_new = jnp.exp(a_n)[..., None, None] * s + jnp.einsum("rhcd,rhcv->rhdv", k_end, u)
+        return s_new, (s, u)
+
+    swap = lambda x: None if x is None else jnp.moveaxis(x, 1, 0)
+    final, (starts, u) = jax.lax.scan(step, state.astype(k_to_end.dtype),
+                                      (swap(k_to_end), swap(u_hat), swap(w), swap(total)))
+    return swap(starts), swap(u), final
+
+
 def state_pass(
     k: Float[Array, "r t h dk"],
     v: Float[Array, "r t h dv"],
@@ -60,32 +99,7 @@ def state_pass(
     chunk, the effective values ``U`` of the chunk form and the state after the last token.
     """
     del valid  # padded tokens are identity steps through k = 0, beta = 0, log_decay = 0
-    kc, vc, g = _prepare(k, v, gates, chunk)
-    cum = jnp.cumsum(g, axis=-1)  # r n h c
-    total = cum[..., -1]  # r n h
-    # decay from token i to the chunk end, sum_{m > i} g_m, as a reverse cumsum (no -inf - -inf at a zero gate)
-    after = jnp.concatenate([g[..., 1:], jnp.zeros_like(g[..., :1])], axis=-1)
-    k_to_end = kc * jnp.exp(jnp.flip(jnp.cumsum(jnp.flip(after, -1), -1), -1))[..., None]
-    if "beta" in gates:
-        beta = to_chunks(gates["beta"].astype(kc.dtype), chunk)  # r n h c
-        decay = decay_matrix(g)
-        kk = jnp.einsum("rnhid,rnhjd->rnhij", kc, kc)
-        lower = jnp.tril(beta[..., :, None] * kk * decay, -1)
-        system = lower + jnp.eye(chunk, dtype=kc.dtype)
-        w = solve_triangular(system, (beta * jnp.exp(cum))[..., None] * kc, lower=True, unit_diagonal=True)
-        u_hat = solve_triangular(system, beta[..., None] * vc, lower=True, unit_diagonal=True)
-    else:
-        w, u_hat = None, vc
-
-    def step(s, xs):
-        k_end, u_h, w_n, a_n = xs
-        u = u_h if w_n is None else u_h - jnp.einsum("rhcd,rhdv->rhcv", w_n, s)
-        s_new = jnp.exp(a_n)[..., None, None] * s + jnp.einsum("rhcd,rhcv->rhdv", k_end, u)
-        return s_new, (s, u)
-
-    swap = lambda x: None if x is None else jnp.moveaxis(x, 1, 0)
-    final, (starts, u) = jax.lax.scan(step, state.astype(kc.dtype), (swap(k_to_end), swap(u_hat), swap(w), swap(total)))
-    return swap(starts), swap(u), final
+    return scan_chunks(chunk_terms(k, v, gates, chunk), state)
 
 
 def read(

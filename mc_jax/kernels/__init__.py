@@ -1,0 +1,14 @@
+"""Pallas kernels for the hot spots of Memory Caching (DESIGN.md section 5).
+
+Each kernel package mirrors one XLA op of :mod:`mc_jax.ops` and never owns math it cannot be checked against:
+  * ``reference.py`` calls the XLA op (the ground truth and the backward pass),
+  * ``pallas.py`` holds the kernel (one body, a small ``strategy`` switch: ``"gpu"`` loops over the carried axis
+    inside the kernel, ``"tpu"`` puts it on an ``"arbitrary"`` grid axis with the carry in VMEM scratch),
+  * ``api.py`` dispatches (``impl="pallas" | "xla"``) and wraps the kernel in a ``jax.custom_vjp`` whose backward is
+    the ``jax.vjp`` of the XLA reference (recomputed, exact),
+  * ``config.py`` (where present) holds a frozen, validated ``BlockSizes``.
+
+Kernels: :mod:`mc_jax.kernels.chunk_state` (sequential state pass of the linear memories),
+:mod:`mc_jax.kernels.cache_read` (gamma-weighted read of cached linear memories, dense and top-k sparse).
+Deep memories (``dla``, ``titans``) stay on XLA.
+"""

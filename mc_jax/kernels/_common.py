@@ -1,0 +1,65 @@
+"""Shared plumbing for the Pallas kernels: strategy / interpret resolution and compiler parameters."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.experimental.pallas import tpu as pltpu
+from jax.experimental.pallas import triton as pltriton
+
+STRATEGIES = ("auto", "gpu", "tpu")
+IMPLS = ("pallas", "xla")
+# Every in-kernel matmul: fp32 (ieee) products and accumulation, never TF32 / single-pass bf16.
+PRECISION = jax.lax.Precision.HIGHEST
+
+
+def check_choice(name: str, value, options) -> None:
+    if value not in options:
+        raise ValueError(f"{name}={value!r} is not supported; choose one of {list(options)}")
+
+
+def resolve_strategy(strategy: str) -> str:
+    """``auto``: ``tpu`` on a TPU backend, ``gpu`` otherwise (CPU runs the gpu-style kernel in interpret mode)."""
+    check_choice("strategy", strategy, STRATEGIES)
+    if strategy != "auto":
+        return strategy
+    return "tpu" if jax.default_backend() == "tpu" else "gpu"
+
+
+def resolve_interpret(interpret: Any, strategy: str) -> Any:
+    """``None``: interpret exactly when running on CPU. ``True`` with the tpu strategy uses the TPU interpreter."""
+    if interpret is None:
+        interpret = jax.default_backend() == "cpu"
+    if interpret is True and strategy == "tpu":
+        return pltpu.InterpretParams()
+    return interpret
+
+
+def compiler_params(strategy: str, dimension_semantics: tuple[str, ...], num_warps: int = 4, num_stages: int = 1):
+    if strategy == "tpu":
+        return pltpu.CompilerParams(dimension_semantics=dimension_semantics)
+    return pltriton.CompilerParams(num_warps=num_warps, num_stages=num_stages)
+
+
+def dot(a, b, acc_dtype):
+    """``a @ b`` with full-precision products and ``acc_dtype`` accumulation."""
+    return jax.lax.dot_general(a, b, (((a.ndim - 1,), (0,)), ((), ())), precision=PRECISION,
+                               preferred_element_type=acc_dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """Static (hashable) kernel options carried through ``custom_vjp`` as a non-differentiable argument."""
+
+    strategy: str = "auto"
+    interpret: Any = None
+    block: int | None = None  # kernel-specific tile (chunk_state: Dv tile; cache_read: query block)
+    num_warps: int = 4
+    num_stages: int = 1
+
+
+def acc_dtype() -> jnp.dtype:
+    return jnp.float64 if jax.config.read("jax_enable_x64") else jnp.float32

@@ -1,0 +1,47 @@
+"""Block sizes of the chunk-state kernel."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mc_jax.kernels._common import STRATEGIES, check_choice
+
+
+@dataclass(frozen=True)
+class BlockSizes:
+    """Tiling of the chunk-state kernel.
+
+    Attributes:
+        block_v: columns of the state ``[Dk, Dv]`` per program (the state's columns evolve independently, so ``Dv``
+            is a parallel grid axis). ``None``: all of ``Dv``.
+        num_warps, num_stages: Triton launch parameters (gpu strategy only).
+    """
+
+    block_v: int | None = None
+    num_warps: int = 4
+    num_stages: int = 1
+
+    def __post_init__(self):
+        if self.block_v is not None and (not isinstance(self.block_v, int) or self.block_v < 1):
+            raise ValueError(f"block_v must be a positive int or None; got {self.block_v!r}")
+        for name in ("num_warps", "num_stages"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int; got {value!r}")
+
+    def resolve_block_v(self, dv: int, strategy: str) -> int:
+        """The Dv tile for a state of width ``dv`` under ``strategy`` (``gpu`` / ``tpu``), validated."""
+        check_choice("strategy", strategy, STRATEGIES[1:])
+        bv = dv if self.block_v is None else self.block_v
+        if dv % bv:
+            raise ValueError(f"block_v={bv} must divide Dv={dv}")
+        if strategy == "tpu" and bv != dv and bv % 128:
+            raise ValueError(f"on TPU block_v must equal Dv ({dv}) or be a multiple of 128 (lane width); got {bv}")
+        return bv
+
+    @classmethod
+    def get_default(cls, dv: int, strategy: str) -> "BlockSizes":
+        """GPU: tiles of 64 columns give (B*H*Dv/64) programs; TPU: 128-lane tiles, or all of Dv when smaller."""
+        if strategy == "tpu":
+            return cls(block_v=128 if dv % 128 == 0 else None)
+        return cls(block_v=64 if dv % 64 == 0 and dv > 64 else None)
