@@ -128,8 +128,8 @@ class MCMixer(nnx.Module):
             settings = self._op_settings(self.segment_size(t))
             y = memory_caching(q, k, v, params=self.memory_params(), **common, **settings)
             new_cache = None
-        else:  # the segment size the cache was built with (MCCache.config[2]; for `none` it follows max_len)
-            settings = self._op_settings(cache.memory.config[2])
+        else:  # the segment size the cache was built with (for `none` it follows max_len)
+            settings = self._op_settings(cache.memory.segment_size)
             y, memory = memory_caching(q, k, v, cache=cache.memory, return_cache=True, **common, **settings)
             new_cache = MCMixerCache(sq, sk, sv, memory)
         y = self.out_norm(y).reshape(b, t, self.heads * self.dv)
