@@ -29,6 +29,7 @@ import argparse
 import datetime
 import json
 import math
+import multiprocessing
 import os
 import platform
 import statistics
@@ -100,6 +101,7 @@ def machine_info() -> dict:
         "jaxlib_version": getattr(getattr(jax, "lib", None), "__version__", None) or _jaxlib_version(),
         "devices": [str(d) for d in jax.devices()],
         "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS"),
+        "XLA_FLAGS": os.environ.get("XLA_FLAGS"),
         "backend": jax.default_backend(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "git_revision": rev,
@@ -286,7 +288,9 @@ def run_phase(fn, args, cfg: dict, repeats: int, max_bytes: float, dense: float)
     return res
 
 
-def run_config(cfg: dict, args, dense: float) -> dict:
+def run_config(cfg: dict, args, dense: float, report=None) -> dict:
+    """Check, compile, time one configuration; ``report(row)`` (if given) receives the row after every phase."""
+    report = report or (lambda row: None)
     row = dict(cfg)
     try:
         inputs = make_inputs(cfg["memory"], cfg["B"], cfg["T"], cfg["H"], cfg["Dk"], cfg["Dv"])
@@ -297,12 +301,47 @@ def run_config(cfg: dict, args, dense: float) -> dict:
             row.update(checked=False, check_error=repr(e))
         max_bytes = args.max_gb * 2**30
         fargs = tuple(inputs[n] for n in ("q", "k", "v", "u", "gates", "params"))
+        report(row)
         row["forward"] = run_phase(forward_fn(cfg), fargs, cfg, args.repeats, max_bytes, dense)
+        report(row)
         if not args.skip_backward:
             row["fwd_bwd"] = run_phase(fwd_bwd_fn(cfg), fargs + (inputs["ct"],), cfg, args.repeats, max_bytes, dense)
     except Exception as e:  # noqa: BLE001 - one configuration must not stop the run
         row["error"] = repr(e)
         row["traceback"] = traceback.format_exc(limit=6)
+    return row
+
+
+def _child(cfg: dict, args, dense: float, conn) -> None:
+    row = run_config(cfg, args, dense, report=lambda r: conn.send(("partial", r)))
+    conn.send(("done", row))
+    conn.close()
+
+
+def run_config_isolated(cfg: dict, args, dense: float) -> dict:
+    """:func:`run_config` in a fresh process, killed after ``--config-timeout`` s (a hang in XLA cannot be caught)."""
+    ctx = multiprocessing.get_context("spawn")
+    receive, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(cfg, args, dense, send), daemon=True)
+    proc.start()
+    send.close()
+    row, deadline = dict(cfg), time.monotonic() + args.config_timeout
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            if left <= 0 or not receive.poll(left):
+                row["error"] = (f"timed out after {args.config_timeout:.0f} s (process killed) in the phase after "
+                                f"{[k for k in ('checked', 'forward') if k in row] or 'start'}")
+                break
+            kind, row = receive.recv()
+        except EOFError:  # the child died without a word (crash, out of memory)
+            row["error"] = f"the process running this configuration died (exit code {proc.exitcode})"
+            break
+        if kind == "done":
+            break
+    if proc.is_alive():
+        proc.kill()
+    proc.join(10)
     return row
 
 
@@ -387,6 +426,10 @@ def parse_args(argv=None):
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--openblas-default", action="store_true",
                    help="do not set OPENBLAS_NUM_THREADS=1 (see the comment at the top of this file)")
+    p.add_argument("--no-isolate", action="store_true",
+                   help="run every configuration in this process (default: a fresh process per configuration)")
+    p.add_argument("--config-timeout", type=float, default=900.0,
+                   help="seconds before an isolated configuration is killed and recorded as timed out")
     p.add_argument("--append", action="store_true", help="keep the rows already in --out (same key: replaced)")
     return p.parse_args(argv)
 
@@ -430,7 +473,10 @@ def main(argv=None) -> int:
     done = []
     for i, cfg in enumerate(configs):
         start = time.perf_counter()
-        row = run_config(cfg, args, dense["gflops"])
+        if args.no_isolate:
+            row = run_config(cfg, args, dense["gflops"])
+        else:
+            row = run_config_isolated(cfg, args, dense["gflops"])
         row["dense_gflops"] = dense["gflops"]
         row["run"] = len(runs) - 1
         row["wall_s"] = time.perf_counter() - start

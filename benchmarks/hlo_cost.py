@@ -18,7 +18,8 @@ import math
 import re
 from dataclasses import dataclass, field
 
-_SHAPE = re.compile(r"\b(pred|s4|s8|s16|s32|s64|u4|u8|u16|u32|u64|f8e4m3fn|f8e5m2|bf16|f16|f32|f64|c64|c128)\[([\d,]*)\]")
+_SHAPE = re.compile(
+    r"\b(pred|s4|s8|s16|s32|s64|u4|u8|u16|u32|u64|f8e4m3fn|f8e5m2|bf16|f16|f32|f64|c64|c128)\[([\d,]*)\]")
 _BYTES = {"pred": 1, "s4": 1, "s8": 1, "s16": 2, "s32": 4, "s64": 8, "u4": 1, "u8": 1, "u16": 2, "u32": 4, "u64": 8,
           "f8e4m3fn": 1, "f8e5m2": 1, "bf16": 2, "f16": 2, "f32": 4, "f64": 8, "c64": 8, "c128": 16}
 _COMP_HEADER = re.compile(r"^(ENTRY\s+)?%([\w.\-]+)\s*(\(.*\))?\s*->.*\{\s*$")
@@ -204,9 +205,11 @@ class HloCost:
                 if cond in self.comps:
                     total.add(self.cost(cond), times=trips + 1, times_no_trips=1)
             elif op == "conditional":
-                names = re.findall(r"%([\w.\-]+)", ins.attrs.split("branch_computations=", 1)[-1].split("}")[0]) \
-                    if "branch_computations" in ins.attrs else \
-                    [c for c in (_attr_comp(ins.attrs, "true_computation"), _attr_comp(ins.attrs, "false_computation")) if c]
+                if "branch_computations" in ins.attrs:
+                    names = _NAME.findall(ins.attrs.split("branch_computations=", 1)[1].split("}")[0])
+                else:
+                    names = [c for c in (_attr_comp(ins.attrs, "true_computation"),
+                                         _attr_comp(ins.attrs, "false_computation")) if c]
                 branch = [self.cost(n) for n in names if n in self.comps]
                 if branch:
                     total.add(max(branch, key=lambda c: c.flops))

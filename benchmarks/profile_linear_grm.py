@@ -10,9 +10,9 @@ timed here on its own, forward and forward+backward, with the same loop-correcte
 
 and, for comparison, two read formulations that are *not* in ``mc_jax`` (candidates for the fix):
 
-  read_gemm     the same sum as one long-contraction GEMM per query block: ``[c, m*dk] @ [m*dk, dv]`` with the
-                query scaled by gamma (``(gamma (x) q)`` built in the block), instead of a ``[c, m*dv]`` read-out of every
-                memory followed by a gamma-weighted reduction over ``m``;
+  read_gemm     the same sum as one long-contraction GEMM per query block: ``[c, m*dk] @ [m*dk, dv]`` with
+                the query scaled by gamma (``gamma (x) q`` built in the block), instead of a ``[c, m*dv]`` read-out
+                of every memory followed by a gamma-weighted reduction over ``m``;
   read_gemm_tri the same, visiting only the memories a query block can see (block-lower-triangular: skips the
                 ``gamma = 0`` half).
 

@@ -65,3 +65,30 @@ def num_levels(num_blocks: int) -> int:
 def gelu_and_derivative(z: Array) -> tuple[Array, Array]:
     """``gelu(z)`` (tanh approximation, ``jax.nn.gelu`` default) and its elementwise derivative."""
     return jax.jvp(jax.nn.gelu, (z,), (jnp.ones_like(z),))
+
+
+def unit_lower_inverse(system: Float[Array, "... c c"], leaf: int = 16) -> Float[Array, "... c c"]:
+    """Exact inverse of a unit lower-triangular matrix ``I + L`` using matmuls only.
+
+    Recursive 2x2 blocks, ``[[A, 0], [C, D]]^-1 = [[A^-1, 0], [-D^-1 C A^-1, D^-1]]`` (about the work of a forward
+    substitution), down to blocks of ``leaf`` rows inverted by doubling: ``L`` is nilpotent (``L^c = 0``), so
+    ``(I + L)^-1 = prod_{j < ceil(log2 c)} (I + (-L)^(2^j))`` holds exactly -- every term of the series is present,
+    nothing is truncated. Used instead of ``solve_triangular``, whose LAPACK custom call on CPU deadlocked XLA's
+    two worker threads on a 2-core machine at T=4096 and ran ~200x slower under threaded OpenBLAS
+    (docs/performance.md).
+    """
+    c = system.shape[-1]
+    if c > leaf and c % 2 == 0:
+        m = c // 2
+        a_inv = unit_lower_inverse(system[..., :m, :m], leaf)
+        d_inv = unit_lower_inverse(system[..., m:, m:], leaf)
+        lower = -(d_inv @ system[..., m:, :m] @ a_inv)
+        top = jnp.concatenate([a_inv, jnp.zeros_like(a_inv)], axis=-1)
+        return jnp.concatenate([top, jnp.concatenate([lower, d_inv], axis=-1)], axis=-2)
+    eye = jnp.eye(c, dtype=system.dtype)
+    power = eye - system  # -L
+    inverse = eye + power
+    for _ in range(max(0, math.ceil(math.log2(max(c, 1))) - 1)):
+        power = power @ power
+        inverse = inverse + inverse @ power
+    return inverse

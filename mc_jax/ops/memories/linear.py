@@ -7,7 +7,7 @@ Delta rule (``S_t = e^{g_t} (I - b_t k_t k_t^T) S_{t-1} + b_t k_t v_t^T``). Writ
 with ``u_t = b_t (v_t - e^{g_t} S_{t-1}^T k_t)``. Unrolling ``S_{t-1}`` inside the chunk gives the lower-triangular
 system ``(I + L) U = diag(b) V - diag(b G) K S_0`` with ``L[t, i] = b_t D[t, i] k_t.k_i`` for ``i < t``, i.e. the WY/UT
 form ``U = U_hat - W S_0`` with ``A = (I + L)^{-1}``, ``U_hat = A (b * V)``, ``W = A (b G * K)``; ``A`` is applied by an
-exact unit-lower-triangular solve. (Gated) linear attention is the special case ``u_t = v_t`` (no solve).
+exact unit-lower-triangular inverse (``unit_lower_inverse``: matmuls only, no truncation). (Gated) linear attention is the special case ``u_t = v_t`` (no solve).
 
 Then, for every chunk, with ``D`` masked causally (diagonal included):
     S_end = G_c S_0 + (K * G_c / G)^T U          (sequential pass over chunks: ``state_pass``)
@@ -19,9 +19,8 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from jax.scipy.linalg import solve_triangular
 
-from mc_jax.ops.utils import decay_matrix, state_dtype
+from mc_jax.ops.utils import decay_matrix, state_dtype, unit_lower_inverse
 from mc_jax.typing import Array, Float
 
 
@@ -64,8 +63,9 @@ def chunk_terms(k: Float[Array, "r t h dk"], v: Float[Array, "r t h dv"], gates:
     beta = to_chunks(gates["beta"].astype(kc.dtype), chunk)  # r n h c
     kk = jnp.einsum("rnhid,rnhjd->rnhij", kc, kc)
     system = jnp.tril(beta[..., :, None] * kk * decay_matrix(g), -1) + jnp.eye(chunk, dtype=kc.dtype)
-    w = solve_triangular(system, (beta * jnp.exp(cum))[..., None] * kc, lower=True, unit_diagonal=True)
-    u_hat = solve_triangular(system, beta[..., None] * vc, lower=True, unit_diagonal=True)
+    inverse = unit_lower_inverse(system)  # exact; shared by both right-hand sides
+    w = inverse @ ((beta * jnp.exp(cum))[..., None] * kc)
+    u_hat = inverse @ (beta[..., None] * vc)
     return k_to_end, u_hat, w, total
 
 
