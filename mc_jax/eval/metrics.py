@@ -1,0 +1,225 @@
+"""Evaluations of a model given as ``(pure, state)`` (see :mod:`mc_jax.models.pure`).
+
+* :func:`text_perplexity`: next-token loss / perplexity / bits per byte on a text file (byte tokens, independent
+  windows of ``seq_len``).
+* :func:`mqar_accuracy`: MQAR accuracy over query positions (Zoology's metric) and per-sequence exact match.
+* :func:`niah_grid`: NIAH exact match over a depth x length grid. Exact match is scored teacher-forced: the answer is
+  right under greedy decoding iff every answer token is the argmax given the true previous answer tokens, so the
+  two agree exactly (``decode=True`` runs the real greedy decoder instead, for checking).
+* :func:`generate_text`: a generation demo from a prompt (byte tokens).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mc_jax.data import (
+    IGNORE_INDEX,
+    ByteTokenizer,
+    MQARConfig,
+    MQARSource,
+    NIAHConfig,
+    NIAHSource,
+    PackedTokenSource,
+    read_text,
+)
+from mc_jax.models import PureModel, generate
+from mc_jax.train.step import token_stats
+
+
+class EvalError(ValueError):
+    """An evaluation that cannot run as asked (unreadable data, vocabulary mismatch, ...)."""
+
+
+@partial(jax.jit, static_argnums=0)
+def _stats(pure: PureModel, state: Any, inputs: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
+    return token_stats(pure.apply(state, inputs), labels)
+
+
+def _rows_to_batches(rows: list[dict[str, np.ndarray]], batch_size: int):
+    """Fixed-shape batches; the last one is padded with unlabelled rows (no recompilation, no effect on scores)."""
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        inputs = np.stack([r["inputs"] for r in chunk])
+        labels = np.stack([r["labels"] for r in chunk])
+        pad = batch_size - len(chunk)
+        if pad and start > 0:
+            inputs = np.concatenate([inputs, np.zeros((pad,) + inputs.shape[1:], inputs.dtype)])
+            labels = np.concatenate([labels, np.full((pad,) + labels.shape[1:], IGNORE_INDEX, labels.dtype)])
+        yield inputs, labels
+
+
+def score_rows(pure: PureModel, state: Any, rows: list[dict[str, np.ndarray]], batch_size: int = 32
+               ) -> dict[str, Any]:
+    """Summed statistics over example rows: loss, token accuracy, per-row exact match."""
+    loss_sum = count = correct = 0.0
+    exact: list[np.ndarray] = []
+    for inputs, labels in _rows_to_batches(rows, batch_size):
+        s = jax.device_get(_stats(pure, state, jnp.asarray(inputs), jnp.asarray(labels)))
+        loss_sum += float(s["loss_sum"])
+        count += float(s["count"])
+        correct += float(s["correct"])
+        exact.append(np.asarray(s["row_exact"])[np.asarray(s["row_has_label"])])
+    count_ = max(count, 1.0)
+    row_exact = np.concatenate(exact) if exact else np.zeros(0, bool)
+    return {
+        "loss": loss_sum / count_,
+        "accuracy": correct / count_,
+        "exact_match": float(row_exact.mean()) if row_exact.size else float("nan"),
+        "tokens": count,
+        "rows": int(row_exact.size),
+        "row_exact": row_exact,
+    }
+
+
+def _check_vocab(pure: PureModel, data_vocab: int, what: str) -> None:
+    if data_vocab > pure.config.vocab_size:
+        raise EvalError(f"vocabulary mismatch: {what} uses {data_vocab} token ids but the model's vocab_size is "
+                        f"{pure.config.vocab_size}")
+
+
+# ---- perplexity --------------------------------------------------------------------------------------------------------
+def text_perplexity(pure: PureModel, state: Any, path: str | os.PathLike[str], *, seq_len: int = 256,
+                    batch_size: int = 8, max_tokens: int | None = None) -> dict[str, float]:
+    """Perplexity of byte tokens of ``path`` (a file or a directory of ``.txt``), in independent windows."""
+    try:
+        text = read_text(path)
+    except ValueError as err:
+        raise EvalError(str(err)) from None
+    _check_vocab(pure, 256, f"the byte-level text {os.fspath(path)!r}")
+    tokens = ByteTokenizer().encode(text)
+    if max_tokens is not None:
+        tokens = tokens[: max_tokens + 1]
+    if len(tokens) < 2:
+        raise EvalError(f"{os.fspath(path)!r} has fewer than 2 byte tokens; nothing to score")
+    src = PackedTokenSource(tokens, min(seq_len, len(tokens) - 1), drop_last=False)
+    s = score_rows(pure, state, [src[i] for i in range(len(src))], batch_size)
+    loss = s["loss"]
+    return {"tokens": s["tokens"], "loss": loss, "perplexity": float(np.exp(min(loss, 80.0))),
+            "bits_per_byte": loss / np.log(2.0), "accuracy": s["accuracy"], "seq_len": src.seq_len}
+
+
+# ---- MQAR --------------------------------------------------------------------------------------------------------------
+def mqar_accuracy(pure: PureModel, state: Any, config: MQARConfig, *, num_examples: int = 512, seed: int = 1_000_003,
+                  batch_size: int = 64) -> dict[str, float]:
+    """Accuracy over MQAR query positions (Zoology's metric) and the fraction of sequences with every query right."""
+    _check_vocab(pure, config.vocab_size, "the MQAR task")
+    src = MQARSource(config, num_examples, seed=seed)
+    s = score_rows(pure, state, [src[i] for i in range(num_examples)], batch_size)
+    return {"accuracy": s["accuracy"], "exact_match": s["exact_match"], "loss": s["loss"], "examples": num_examples,
+            "queries": s["tokens"]}
+
+
+def mqar_demo(pure: PureModel, state: Any, config: MQARConfig, *, seed: int = 7, index: int = 0) -> str:
+    """One MQAR example: its key-value pairs and the model's answer at every query."""
+    ex = MQARSource(config, index + 1, seed=seed)[index]
+    logits = jax.jit(pure.apply)(state, jnp.asarray(ex["inputs"][None]))[0]
+    pred = np.asarray(jnp.argmax(logits, -1))
+    kv = config.num_kv_pairs
+    pairs = " ".join(f"{ex['inputs'][2 * i]}->{ex['inputs'][2 * i + 1]}" for i in range(kv))
+    lines = [f"context pairs (key->value): {pairs}"]
+    for t in np.flatnonzero(ex["labels"] != IGNORE_INDEX):
+        ok = "ok" if pred[t] == ex["labels"][t] else "WRONG"
+        lines.append(f"  query key {ex['inputs'][t]:>4d} at position {t:>3d}: predicted {pred[t]:>4d}, "
+                     f"true {ex['labels'][t]:>4d}  {ok}")
+    return "\n".join(lines)
+
+
+# ---- NIAH --------------------------------------------------------------------------------------------------------------
+def _niah_decode_exact(pure: PureModel, state: Any, src: NIAHSource, batch_size: int) -> np.ndarray:
+    """Greedy-decode each answer from its prompt and compare (the slow, literal check)."""
+    n_ans = src.config.answer_len
+    out = []
+    for start in range(0, len(src), batch_size):
+        exs = [src.example(i) for i in range(start, min(start + batch_size, len(src)))]
+        prompts = np.stack([e.tokens[: -n_ans] for e in exs]).astype(np.int32)
+        gen = np.asarray(generate(pure, state, prompts, max_new_tokens=n_ans))[:, -n_ans:]
+        out.append(np.all(gen == np.stack([e.answer for e in exs]), axis=-1))
+    return np.concatenate(out)
+
+
+def niah_grid(pure: PureModel, state: Any, base: NIAHConfig, lengths: Sequence[int], depths: Sequence[float], *,
+              samples: int = 32, seed: int = 1_000_003, batch_size: int = 16, decode: bool = False
+              ) -> dict[str, Any]:
+    """Exact match (and per-character accuracy) for every (depth, length) cell.
+
+    Returns ``{"lengths", "depths", "exact" [D, L], "char_accuracy" [D, L], "samples"}``.
+    """
+    _check_vocab(pure, 256, "the byte-level NIAH task")
+    exact = np.full((len(depths), len(lengths)), np.nan)
+    char = np.full_like(exact, np.nan)
+    for j, length in enumerate(lengths):
+        for i, depth in enumerate(depths):
+            try:
+                cfg = dataclasses.replace(base, seq_len=int(length), depth=float(depth))
+            except ValueError as err:
+                raise EvalError(f"NIAH cell (length {length}, depth {depth}): {err}") from None
+            src = NIAHSource(cfg, samples, seed=seed)
+            s = score_rows(pure, state, [src[k] for k in range(samples)], batch_size)
+            exact[i, j] = _niah_decode_exact(pure, state, src, batch_size).mean() if decode else s["exact_match"]
+            char[i, j] = s["accuracy"]
+    return {"lengths": [int(x) for x in lengths], "depths": [float(d) for d in depths], "exact": exact,
+            "char_accuracy": char, "samples": samples}
+
+
+def niah_table(grid: dict[str, Any]) -> str:
+    """Markdown table: rows = depth, columns = length, cells = exact match (%)."""
+    head = "| depth \\ length | " + " | ".join(str(L) for L in grid["lengths"]) + " | mean |"
+    lines = [head, "|" + "---|" * (len(grid["lengths"]) + 2)]
+    for i, d in enumerate(grid["depths"]):
+        row = grid["exact"][i]
+        lines.append(f"| {d:.2f} | " + " | ".join(f"{100 * x:.1f}" for x in row) + f" | {100 * np.nanmean(row):.1f} |")
+    means = np.nanmean(grid["exact"], axis=0)
+    lines.append("| mean | " + " | ".join(f"{100 * x:.1f}" for x in means)
+                 + f" | {100 * np.nanmean(grid['exact']):.1f} |")
+    return "\n".join(lines)
+
+
+def niah_csv(grid: dict[str, Any]) -> str:
+    lines = ["depth,length,exact_match,char_accuracy,samples"]
+    for i, d in enumerate(grid["depths"]):
+        for j, L in enumerate(grid["lengths"]):
+            lines.append(f"{d:.4f},{L},{grid['exact'][i, j]:.6f},{grid['char_accuracy'][i, j]:.6f},{grid['samples']}")
+    return "\n".join(lines) + "\n"
+
+
+def niah_demo(pure: PureModel, state: Any, config: NIAHConfig, *, seed: int = 1_000_003, index: int = 0
+              ) -> dict[str, str]:
+    """Greedy-decode the answer of one NIAH example from its prompt."""
+    _check_vocab(pure, 256, "the byte-level NIAH task")
+    ex = NIAHSource(config, index + 1, seed=seed).example(index)
+    n = config.answer_len
+    prompt = ex.tokens[:-n].astype(np.int32)
+    out = np.asarray(generate(pure, state, prompt[None], max_new_tokens=n))[0, -n:]
+    tok = ByteTokenizer()
+    return {"prompt_tail": tok.decode(prompt[-40:]), "generated": tok.decode(np.clip(out, 0, 255)),
+            "answer": ex.value}
+
+
+# ---- generation --------------------------------------------------------------------------------------------------------
+def generate_text(pure: PureModel, state: Any, prompt: str, *, max_new_tokens: int = 64, temperature: float = 0.0,
+                  top_p: float = 1.0, seed: int = 0) -> str:
+    """Continue ``prompt`` (byte tokens) and return the generated text only."""
+    _check_vocab(pure, 256, "byte-level generation")
+    tok = ByteTokenizer()
+    ids = tok.encode(prompt)
+    if ids.size == 0:
+        raise EvalError("the generation prompt is empty")
+    out = generate(pure, state, ids[None].astype(np.int32), max_new_tokens=max_new_tokens, temperature=temperature,
+                   top_p=top_p, key=jax.random.key(seed))
+    new = np.asarray(out)[0, ids.size:]
+    return tok.decode(np.clip(new, 0, 255))
+
+
+__all__ = [
+    "EvalError", "generate_text", "mqar_accuracy", "mqar_demo", "niah_csv", "niah_demo", "niah_grid", "niah_table",
+    "score_rows", "text_perplexity",
+]

@@ -1,0 +1,148 @@
+"""``python train.py [--preset NAME] [--resume | --overwrite] [key=value ...]``
+
+With no arguments: the tiny MC model of ``configs/train_tiny_mqar.py`` is trained on MQAR, then the same model
+without caching (``train.baseline=none``), and a comparison table is printed. Overrides are dotted paths into the
+run config, shared with the model config::
+
+    python train.py model.mixer.aggregation=ssc model.mixer.top_k=2 train.steps=200
+    python train.py train.baseline= train.task.kind=text train.task.path=my.txt train.task.seq_len=256
+
+Runs go to ``<train.out_dir>/main`` and ``<train.out_dir>/baseline``. An output directory that already holds a run is
+refused unless ``--resume`` (continue exactly from the newest checkpoint; the stored config is used, with any
+overrides checked against it) or ``--overwrite`` (start over).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from mc_jax.configs_util import apply_overrides
+from mc_jax.train.checkpoint import CheckpointError, read_run_file, write_json_atomic
+from mc_jax.train.config import (
+    DEFAULT_PRESET,
+    RESUMABLE_CHANGES,
+    RunConfig,
+    baseline_config,
+    config_diff,
+    describe_model,
+    load_run_config,
+)
+from mc_jax.train.data import DataError
+from mc_jax.train.loop import NonFiniteLossError, RunDirError, TrainError, TrainResult, check_run_dir, train
+
+COMPARISON_FILE = "comparison.json"
+
+
+def quiet_logs() -> None:
+    """Silence absl/orbax INFO/WARNING chatter on the console (errors still show)."""
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    try:
+        from absl import logging as absl_logging
+
+        absl_logging.set_verbosity(absl_logging.ERROR)
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="train.py", description=__doc__.split("\n\n", 1)[1].replace("::", ":"),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="dotted config overrides, e.g. model.mixer.aggregation=ssc train.steps=200")
+    p.add_argument("--preset", default=None,
+                   help=f"configs/<name>.py or a path defining CONFIG (default: {DEFAULT_PRESET})")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="continue the run(s) in train.out_dir exactly")
+    mode.add_argument("--overwrite", action="store_true", help="replace the run(s) in train.out_dir")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+    return p
+
+
+def run_dirs(config: RunConfig) -> list[tuple[str, RunConfig, Path]]:
+    """``[(name, config, run_dir)]``: the main run and, when ``train.baseline`` is set, the baseline run."""
+    root = Path(config.train.out_dir)
+    runs = [("main", config, root / "main")]
+    base = baseline_config(config)
+    if base is not None:
+        runs.append(("baseline", base, root / "baseline"))
+    return runs
+
+
+def resolve_configs(args: argparse.Namespace) -> list[tuple[str, RunConfig, Path]]:
+    """The runs to do. With ``--resume`` the config stored in the main run is the base (the overrides go on top and
+    may only change fields that keep the resumption exact)."""
+    requested = load_run_config(args.preset, args.overrides)
+    if not args.resume:
+        return run_dirs(requested)
+    main_dir = Path(requested.train.out_dir) / "main"
+    stored = read_run_file(main_dir)
+    if stored is None:
+        return run_dirs(requested)
+    config = apply_overrides(stored, args.overrides)
+    diff = config_diff(stored, config, ignore=RESUMABLE_CHANGES)
+    if diff:
+        raise CheckpointError(f"run {main_dir} was written with a different config; --resume refuses to change:\n  "
+                              + "\n  ".join(diff))
+    return run_dirs(config)
+
+
+def format_table(results: list[tuple[str, TrainResult]]) -> str:
+    task = results[0][1].config.train.task
+    metric = "MQAR acc" if task.kind == "mqar" else ("exact" if task.kind == "niah" else "val ppl")
+    head = f"{'run':9s} {'model':48s} {'params':>8s} {'eval loss':>9s} {metric:>9s} {'tok/s':>8s} {'train s':>8s}"
+    lines = [head, "-" * len(head)]
+    for name, r in results:
+        ev = r.final_eval
+        value = (f"{ev['accuracy']:.1%}" if task.kind == "mqar" else
+                 f"{ev['exact_match']:.1%}" if task.kind == "niah" else f"{ev['perplexity']:.3f}")
+        lines.append(f"{name:9s} {describe_model(r.config.model)[:48]:48s} {r.num_params:>8,d} {ev['loss']:>9.4f} "
+                     f"{value:>9s} {r.tokens_per_s:>8,.0f} {r.train_seconds:>8.1f}")
+    if len(results) == 2 and task.kind == "mqar":
+        a, b = results[0][1].final_eval["accuracy"], results[1][1].final_eval["accuracy"]
+        ratio = f"{a / b:.2f}x" if b > 0 else "inf"
+        lines.append(f"memory caching: {a:.1%} vs {b:.1%} without caching ({ratio}, {100 * (a - b):+.1f} points) "
+                     f"on {task.eval_examples} held-out MQAR sequences (L={task.seq_len}, kv={task.num_kv_pairs})")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    quiet_logs()
+    try:
+        runs = resolve_configs(args)
+    except (ValueError, CheckpointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        from mc_jax.configs_util import to_dict
+
+        print(json.dumps({name: to_dict(cfg) for name, cfg, _ in runs}, indent=2))
+        return 0
+    results: list[tuple[str, TrainResult]] = []
+    try:
+        for _, cfg, run_dir in runs:  # refuse before anything is written
+            check_run_dir(run_dir, cfg, resume=args.resume, overwrite=args.overwrite)
+        for i, (name, cfg, run_dir) in enumerate(runs):
+            label = f"[{name} {i + 1}/{len(runs)}] " if len(runs) > 1 else ""
+            results.append((name, train(cfg, run_dir, resume=args.resume, overwrite=args.overwrite,
+                                        progress=not args.no_progress, label=label)))
+    except NonFiniteLossError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
+    except (RunDirError, DataError, CheckpointError, TrainError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    table = format_table(results)
+    print(table)
+    root = Path(runs[0][1].train.out_dir)
+    write_json_atomic(root / COMPARISON_FILE, {name: r.summary() for name, r in results})
+    print(f"runs: {', '.join(r.run_dir for _, r in results)}; evaluate with: python eval.py {results[0][1].run_dir}")
+    return 0
+
+
+__all__ = ["build_parser", "format_table", "main", "resolve_configs", "run_dirs"]

@@ -1,0 +1,105 @@
+"""The jit-compiled step, the optimizer (schedule, weight-decay mask, clipping) and gradient accumulation."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from train_helpers import tiny_config
+
+from mc_jax.data import IGNORE_INDEX, MQARSource
+from mc_jax.models import create_model
+from mc_jax.train.optim import decay_mask, make_optimizer, make_schedule, param_path
+from mc_jax.train.step import make_train_step, reshape_for_accum, split_model
+
+
+def _batch(config, n, seed=3):
+    src = MQARSource(config.train.task.mqar_config(), n, seed=seed)
+    rows = [src[i] for i in range(n)]
+    return {k: np.stack([r[k] for r in rows]) for k in ("inputs", "labels")}
+
+
+def _setup(config):
+    graphdef, params, rest = split_model(create_model(config.model, seed=0))
+    tx = make_optimizer(config.train)
+    return graphdef, params, rest, tx, tx.init(params)
+
+
+def test_one_step_decreases_loss_on_a_fixed_batch():
+    config = tiny_config("train.warmup=0", "train.lr=3e-3")
+    graphdef, params, rest, tx, opt = _setup(config)
+    step = make_train_step(graphdef, rest, tx, accum=1)
+    batch = reshape_for_accum(_batch(config, 4), 1)
+    losses = []
+    for _ in range(4):
+        params, opt, m = step(params, opt, batch)
+        losses.append(float(m["loss"]))
+    assert all(np.isfinite(losses))
+    assert losses[1] < losses[0] and losses[-1] < losses[0] - 0.05, losses
+
+
+def test_grad_accumulation_equals_the_big_batch():
+    config = tiny_config("train.batch_size=8", "train.warmup=0")
+    graphdef, params, rest, tx, opt = _setup(config)
+    batch = _batch(config, 8)
+    batch["labels"][0, :] = IGNORE_INDEX  # uneven label counts per micro-batch: the mean must be over the whole batch
+    p1, _, m1 = make_train_step(graphdef, rest, tx, accum=1)(params, opt, reshape_for_accum(batch, 1))
+    p4, _, m4 = make_train_step(graphdef, rest, tx, accum=4)(params, opt, reshape_for_accum(batch, 4))
+    np.testing.assert_allclose(float(m4["loss"]), float(m1["loss"]), rtol=1e-6)
+    np.testing.assert_allclose(float(m4["grad_norm"]), float(m1["grad_norm"]), rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p4), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+
+
+def test_weight_decay_mask_skips_norms_biases_and_initial_memories():
+    config = tiny_config("model.mixer.memory=titans", "model.scan_layers=true")
+    _, params, _, _, _ = _setup(config)
+    mask = decay_mask(params)
+    flat = {param_path(p): m for p, m in jax.tree_util.tree_leaves_with_path(mask)}
+    no_decay = sorted(k for k, v in flat.items() if not v)
+    decay = sorted(k for k, v in flat.items() if v)
+    assert "embed/embedding" in decay
+    assert any(k.endswith("mixer/q_proj/kernel") for k in decay)
+    assert any(k.endswith("mlp/up/kernel") for k in decay)
+    for name in ("mixer/W1", "mixer/W2", "gates/proj/bias", "mixer_norm/scale", "out_norm/scale"):
+        assert any(k.endswith(name) for k in no_decay), name
+    assert "norm/scale" in no_decay
+    assert all(k.rsplit("/", 1)[-1] in ("scale", "bias", "W1", "W2") for k in no_decay)
+
+
+def test_weight_decay_applies_only_where_the_mask_says():
+    config = tiny_config("model.mixer.memory=titans", "train.warmup=0", "train.weight_decay=0.5", "train.clip=0")
+    _, params, _, tx, opt = _setup(config)
+    zero = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = tx.update(zero, opt, params)  # zero gradient: the update is the decay alone
+    lr = float(make_schedule(config.train)(0))
+    for (path, u), p in zip(jax.tree_util.tree_leaves_with_path(updates), jax.tree.leaves(params), strict=True):
+        name = param_path(path).rsplit("/", 1)[-1]
+        if name in ("scale", "bias", "W1", "W2"):
+            assert np.all(np.asarray(u) == 0), param_path(path)
+        else:
+            np.testing.assert_allclose(np.asarray(u), -lr * 0.5 * np.asarray(p), rtol=1e-6, atol=1e-12)
+
+
+def test_schedule_warmup_then_cosine():
+    config = tiny_config("train.steps=100", "train.warmup=10", "train.lr=1e-2", "train.min_lr_ratio=0.1")
+    s = make_schedule(config.train)
+    values = np.array([float(s(i)) for i in range(101)])
+    assert values[0] == 0.0
+    np.testing.assert_allclose(values[5], 5e-3, rtol=1e-6)
+    np.testing.assert_allclose(values[10], 1e-2, rtol=1e-6)
+    assert np.all(np.diff(values[:11]) > 0) and np.all(np.diff(values[10:]) <= 1e-12)
+    np.testing.assert_allclose(values[100], 1e-3, rtol=1e-5)
+    np.testing.assert_allclose(values[55], 1e-3 + 0.5 * (1e-2 - 1e-3), rtol=1e-5)  # cosine midpoint
+
+
+def test_clipping_bounds_the_update_and_reports_the_raw_norm():
+    config = tiny_config("train.warmup=0", "train.clip=1e-6", "train.weight_decay=0")
+    graphdef, params, rest, tx, opt = _setup(config)
+    batch = reshape_for_accum(_batch(config, 4), 1)
+    _, _, m = make_train_step(graphdef, rest, tx, accum=1)(params, opt, batch)
+    assert float(m["grad_norm"]) > 1e-3  # the raw (pre-clip) norm is reported
+    clipped, _ = optax.clip_by_global_norm(1e-6).update(jax.tree.map(jnp.ones_like, params), optax.EmptyState())
+    assert float(optax.tree.norm(clipped)) == pytest.approx(1e-6, rel=1e-4)

@@ -1,0 +1,19 @@
+"""Tiny configs for the training tests (a few ms per step, a few seconds to compile)."""
+
+from __future__ import annotations
+
+from mc_jax.config import MixerConfig, ModelConfig
+from mc_jax.configs_util import apply_overrides
+from mc_jax.train.config import RunConfig, TaskConfig, TrainConfig
+
+TINY = RunConfig(
+    model=ModelConfig(vocab_size=32, d_model=16, num_layers=1, num_heads=1, scan_layers=False,
+                      mixer=MixerConfig(kind="mc", memory="linear", aggregation="grm", segment_size=8)),
+    train=TrainConfig(steps=10, lr=1e-2, warmup=2, batch_size=4, eval_every=0, ckpt_every=5, keep=3, log_every=1,
+                      baseline="", out_dir="unused", seed=0,
+                      task=TaskConfig(kind="mqar", seq_len=16, vocab_size=32, num_kv_pairs=2, eval_examples=8)),
+)
+
+
+def tiny_config(*overrides: str) -> RunConfig:
+    return apply_overrides(TINY, list(overrides))
