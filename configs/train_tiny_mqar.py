@@ -1,6 +1,11 @@
-"""Default of ``python train.py``: a tiny MC model (linear memory + GRM, independent segments of 8 tokens) trained
-on token MQAR (Zoology format, L = 64, 8 key-value pairs, vocabulary 256) on a CPU in a couple of minutes, then the
-same model without caching (mixer ``none``) trained the same way for comparison.
+"""Default of ``python train.py``: a tiny MC model (linear memory + GRM, independent segments of 8 tokens, 2 layers,
+d_model 64, 2 heads) trained on token MQAR (Zoology format, L = 64, 8 key-value pairs, vocabulary 256, random
+filler tokens) on a CPU in about two minutes, then the same model without caching (mixer ``none``) trained the same
+way (same seed, data, steps and learning rate) for comparison.
+
+Sizing (2-core CPU, 1600 steps x 16 sequences): with caching the model learns the task (about 87% held-out accuracy
+at seed 1); the same model without caching stays near chance (about 1-2%) in this budget. With 4 pairs the uncached
+model sometimes learns too (3.5% / 84% on two seeds, against 98% / 97% with caching).
 """
 
 from mc_jax.config import MixerConfig, ModelConfig
@@ -17,10 +22,10 @@ CONFIG = RunConfig(
                           init="independent"),
     ),
     train=TrainConfig(
-        steps=1200,
-        lr=3e-3,
+        steps=1600,
+        lr=1e-2,
         warmup=100,
-        batch_size=32,
+        batch_size=16,
         eval_every=400,
         ckpt_every=400,
         out_dir="runs/tiny_mqar",

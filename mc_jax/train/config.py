@@ -134,11 +134,11 @@ class TrainConfig:
         task: what to train on.
     """
 
-    steps: int = 1200
-    lr: float = 3e-3
+    steps: int = 1600
+    lr: float = 1e-2
     warmup: int = 100
     min_lr_ratio: float = 0.0
-    batch_size: int = 32
+    batch_size: int = 16
     accum: int = 1
     clip: float = 1.0
     weight_decay: float = 0.1

@@ -167,40 +167,37 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_losses(tmp_path):
     steps, kill_after = 40, 14
     overrides = [f"train.steps={steps}", "train.ckpt_every=5", "train.log_every=1", "train.batch_size=16",
                  "train.warmup=5", "train.baseline=", "train.keep=2"]
-    # The reference runs in a subprocess too (same environment, same compiled program).
     cmd = [sys.executable, str(REPO / "train.py"), "--preset", str(Path(__file__).with_name("tiny_run_preset.py")),
            "--no-progress"]
-    env = dict(os.environ)
-    ref = tmp_path / "ref"
-    out = subprocess.run(cmd + overrides + [f"train.out_dir={ref}"], env=env, capture_output=True, text=True,
-                         timeout=120)
-    assert out.returncode == 0, out.stderr
-    reference = _train_losses(ref / "main")
-    assert sorted(reference) == list(range(1, steps + 1))
-
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(cmd + overrides + [f"train.out_dir={killed}"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    metrics = killed / "main" / "metrics.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if metrics.exists() and any(r["step"] >= kill_after for r in read_metrics(metrics)):
-            os.kill(proc.pid, signal.SIGKILL)
-            break
-        time.sleep(0.005)
-    proc.wait(timeout=60)
+    proc = subprocess.Popen(cmd + overrides + [f"train.out_dir={killed}"], env=dict(os.environ),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        # The uninterrupted reference runs in this process meanwhile (same environment, so the same XLA program).
+        reference = train(tiny_config(*overrides), tmp_path / "ref", progress=False)
+        assert sorted(reference.losses) == list(range(1, steps + 1))
+        metrics = killed / "main" / "metrics.jsonl"
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            if metrics.exists() and any(r["step"] >= kill_after for r in read_metrics(metrics)):
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+            time.sleep(0.005)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    logged = _train_losses(killed / "main")
-    assert max(logged) < steps
+    assert max(_train_losses(killed / "main")) < steps
     latest = Checkpointer(killed / "main", read_only=True).latest_step()
     assert latest is not None and latest < steps
 
-    out = subprocess.run(cmd + ["--resume", f"train.out_dir={killed}"], env=env, capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(cmd + ["--resume", f"train.out_dir={killed}"], env=dict(os.environ), capture_output=True,
+                         text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     resumed = _train_losses(killed / "main")
     assert sorted(resumed) == list(range(1, steps + 1))
-    assert resumed == reference  # bit-identical per-step losses
+    assert resumed == reference.losses  # bit-identical per-step losses
     final = json.loads((killed / "main" / "final.json").read_text())
     assert final["resumed_from"] == latest
-    assert final["final_eval"] == json.loads((ref / "main" / "final.json").read_text())["final_eval"]
+    assert final["final_eval"] == reference.final_eval
