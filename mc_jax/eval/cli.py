@@ -12,7 +12,6 @@ demo (MQAR answers, a NIAH answer, or generated text). Results go to ``<run>/eva
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 

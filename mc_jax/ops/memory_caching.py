@@ -18,13 +18,26 @@ from mc_jax.ops.utils import largest_divisor_at_most
 from mc_jax.typing import Array, Float, PyTree
 
 _STATIC = ("spec", "aggregation", "segmentation", "segment_size", "top_k", "init", "pool", "chunk")
-_parallel = jax.jit(mc_parallel, static_argnames=_STATIC + ("impl",))
+_parallel = jax.jit(mc_parallel, static_argnames=_STATIC + ("kernels",))
 _stream = jax.jit(mc_stream, static_argnames=_STATIC)
 
 INITS = ("independent", "checkpoint")
 POOLS = ("mean", "sum")
 IMPLS = ("auto", "naive", "xla", "pallas")
 DEFAULT_CHUNK = {"linear": 64, "deep": 16}
+
+# The kernels ``impl="pallas"`` uses (linear memories, parallel form).
+KERNELS = frozenset({"chunk_state", "cache_read_dense", "cache_read_sparse"})
+# The kernels ``impl="auto"`` uses per backend, with the largest head dim each was measured faster at: only where
+# a kernel beat XLA. On an H100 (benchmarks/results/gpu_h100_2026-11-26, docs/performance.md) the top-k sparse read
+# won at Dk = Dv = 64 (whole op 1.4-2.9x, read alone 1.2-20x) and lost at 128 (0.12x); the chunk-state pass and
+# the dense read lost to XLA's batched matmuls with their first defaults and were not re-measured after the
+# chunk-state tile fix. TPU: the kernels' target layout (grid-carried state in VMEM); not measured here.
+AUTO_KERNELS: dict[str, dict[str, int]] = {
+    "cpu": {},
+    "gpu": {"cache_read_sparse": 64},
+    "tpu": {name: 1 << 30 for name in KERNELS},
+}
 
 
 def _check_choice(name: str, value, options) -> None:
@@ -58,17 +71,29 @@ def _warn_fallback(reason: str) -> None:
     warnings.warn(f"impl='pallas': {reason}; using the XLA implementation", stacklevel=3)
 
 
-def resolve_impl(impl: str, spec: MemorySpec, streaming: bool) -> str:
-    """``xla`` or ``pallas`` for the fast forms (``auto``: Pallas on GPU/TPU, XLA on CPU)."""
-    if impl == "auto":
-        impl = "pallas" if jax.default_backend() in ("gpu", "tpu") else "xla"
-    if impl == "pallas" and spec.family == "deep":
-        _warn_fallback(f"no kernel for deep memory {spec.name!r}")
-        return "xla"
-    if impl == "pallas" and streaming:
-        _warn_fallback("the streaming form (cache / return_cache) has no kernel yet")
-        return "xla"
-    return impl
+def resolve_impl(impl: str, spec: MemorySpec, streaming: bool, head_dim: int = 0) -> frozenset[str]:
+    """The Pallas kernels a call uses (empty: all XLA).
+
+    ``xla``: none. ``pallas``: every kernel (:data:`KERNELS`). ``auto``: the kernels measured faster on this backend
+    at this ``head_dim`` (``max(Dk, Dv)``; :data:`AUTO_KERNELS`; none on CPU). Deep memories and the streaming form
+    have no kernel: ``pallas`` falls back to XLA there with a one-time warning, ``auto`` silently.
+    """
+    if impl == "xla":
+        return frozenset()
+    if impl == "pallas":
+        kernels = KERNELS
+    else:
+        table = AUTO_KERNELS.get(jax.default_backend(), {})
+        kernels = frozenset(name for name, max_dim in table.items() if head_dim <= max_dim)
+    if kernels and spec.family == "deep":
+        if impl == "pallas":
+            _warn_fallback(f"no kernel for deep memory {spec.name!r}")
+        return frozenset()
+    if kernels and streaming:
+        if impl == "pallas":
+            _warn_fallback("the streaming form (cache / return_cache) has no kernel yet")
+        return frozenset()
+    return kernels
 
 
 def _check_arrays(q, k, v, u) -> None:
@@ -126,9 +151,9 @@ def memory_caching(
             ``{"W1": [H, D, E*D], "W2": [H, E*D, D]}``, optionally with a leading batch axis.
         chunk_size: inner chunk size; must divide ``segment_size`` for deep memories (default: a divisor <= 16).
         impl: ``xla`` (chunk-wise XLA), ``pallas`` (Pallas kernels for the state pass and the cached read of linear
-            memories; interpret mode on CPU), ``auto`` (``pallas`` on GPU/TPU, ``xla`` on CPU) or ``naive`` (the
-            per-token definition; slow). Where no kernel covers a configuration (deep memories, the streaming form)
-            ``pallas`` falls back to XLA with a one-time warning.
+            memories; interpret mode on CPU), ``auto`` (per backend, the kernels measured faster than XLA: see
+            :data:`AUTO_KERNELS`; XLA on CPU) or ``naive`` (the per-token definition; slow). Where no kernel covers
+            a configuration (deep memories, the streaming form) ``pallas`` falls back to XLA with a one-time warning.
         return_cache: also return an :class:`MCCache` to continue from (decoding, or a second call).
         cache: continue from this cache (from ``return_cache=True`` or :func:`init_cache`).
 
@@ -166,10 +191,10 @@ def memory_caching(
         y = naive_memory_caching(q, k, v, u_used, gates, state, spec, chunk_size=chunk, **kwargs)
         return y.astype(q.dtype)
 
-    impl = resolve_impl(impl, spec, streaming=cache is not None or return_cache)
+    kernels = resolve_impl(impl, spec, streaming=cache is not None or return_cache, head_dim=max(dk, dv))
     if cache is None and not return_cache:
         state = initial_state(spec, params, b, h, dk, dv)
-        y = _parallel(q, k, v, u_used, gates, state, spec=spec, chunk=chunk, impl=impl, **kwargs)
+        y = _parallel(q, k, v, u_used, gates, state, spec=spec, chunk=chunk, kernels=kernels, **kwargs)
         return y.astype(q.dtype)
 
     if cache is None:  # a fresh cache sized for this call; use init_cache to leave room for more tokens

@@ -73,13 +73,15 @@ def _pool(key_sum, count, pool: str):
 
 
 def mc_parallel(q, k, v, u, gates, init_state, spec: MemorySpec, *, aggregation: str, segmentation: str,
-                segment_size: int, top_k: int | None, init: str, pool: str, chunk: int, impl: str = "xla"):
+                segment_size: int, top_k: int | None, init: str, pool: str, chunk: int,
+                kernels: frozenset[str] = frozenset()):
     """Memory Caching over a whole sequence from the initial state. Inputs validated, gates completed.
 
-    ``impl="pallas"``: linear memories use the Pallas chunk-state and cache-read kernels (deep memories stay XLA).
+    ``kernels``: the Pallas kernels to use for linear memories (``chunk_state``, ``cache_read_dense``,
+    ``cache_read_sparse``; see ``memory_caching.resolve_impl``); empty: all XLA. Deep memories always use XLA.
     """
-    kernels = impl == "pallas" and spec.family == "linear"
-    state_pass = _pallas_state_pass if kernels else mem.state_pass
+    kernels = kernels if spec.family == "linear" else frozenset()
+    state_pass = _pallas_state_pass if "chunk_state" in kernels else mem.state_pass
     b, t, h, dk = q.shape
     sd = state_dtype()
     size = segment_size
@@ -160,16 +162,20 @@ def mc_parallel(q, k, v, u, gates, init_state, spec: MemorySpec, *, aggregation:
         while n_blocks % group_blocks:
             group_blocks -= 1
         mix = lambda what, x: dense_mix(spec, what, stack, gamma, x, size * group_blocks)
-        if kernels:
+        if kernels & {"cache_read_dense", "cache_read_sparse"}:
             from mc_jax.kernels import cache_read
             from mc_jax.kernels._common import resolve_strategy
 
             # the query block divides the segment: one set of available slots per query block
-            bq = cache_read.api.default_block_q(size, resolve_strategy("auto"))
-            if aggregation == "ssc" and bq * top_k < n_blocks:  # top-k read: only the used states of each block
-                idx = cache_read.slot_indices(gamma, bq, bq * top_k)
-                mix = lambda what, x: cache_read.sparse_mix(stack, gamma, x, idx, block_q=bq)
-            else:
+            strategy = resolve_strategy("auto")
+            bq = cache_read.api.default_block_q(size, strategy)
+            # top-k read: a block of bq_s tokens uses at most bq_s * top_k states; the work is T * top_k reads
+            # whatever bq_s, so small blocks (16 rows, the smallest matmul tile) make the sparse read apply widely.
+            bq_s = cache_read.api.default_block_q(size, strategy, cap=16)
+            if "cache_read_sparse" in kernels and aggregation == "ssc" and bq_s * top_k < n_blocks:
+                idx = cache_read.slot_indices(gamma, bq_s, bq_s * top_k)
+                mix = lambda what, x: cache_read.sparse_mix(stack, gamma, x, idx, block_q=bq_s)
+            elif "cache_read_dense" in kernels:
                 mix = lambda what, x: cache_read.dense_mix(spec, what, stack, gamma, x, size * group_blocks,
                                                            block_q=bq)
     else:

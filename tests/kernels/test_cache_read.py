@@ -97,13 +97,3 @@ def test_lowering(strategy, platform):
         assert marker in jax.jit(f).trace(stack, gamma, x).lower(lowering_platforms=(platform,)).as_text()
         grad = jax.grad(lambda *a: f(*a).sum(), argnums=(0, 1, 2))
         jax.jit(grad).trace(stack, gamma, x).lower(lowering_platforms=(platform,))
-
-
-@pytest.mark.device
-@pytest.mark.skipif(jax.default_backend() == "cpu", reason="needs a GPU/TPU: compiles and runs the kernel natively")
-def test_device_real_sizes():
-    stack, gamma, x = _inputs(b=2, t=2048, h=4, m=16, dk=64, dv=128, top_k=2)
-    ref = reads.dense_mix(SPEC, "read", stack, gamma, x, 128)
-    compare(dense_mix(SPEC, "read", stack, gamma, x, 128, block_q=64), ref, "float32", "dense")
-    idx = slot_indices(gamma, 8, 16)
-    compare(sparse_mix(stack, gamma, x, idx, block_q=8), ref, "float32", "sparse")

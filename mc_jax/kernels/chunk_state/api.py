@@ -61,9 +61,9 @@ def _bwd(chunk, opts, residuals, cotangents):
 _state_pass_pallas.defvjp(_fwd, _bwd)
 
 
-def _options(dv: int, strategy: str, interpret, block_sizes: BlockSizes | None) -> Options:
+def _options(dk: int, dv: int, strategy: str, interpret, block_sizes: BlockSizes | None) -> Options:
     strategy = resolve_strategy(strategy)
-    sizes = block_sizes or BlockSizes.get_default(dv, strategy)
+    sizes = block_sizes or BlockSizes.get_default(dv, strategy, dk)
     return Options(strategy=strategy, interpret=resolve_interpret(interpret, strategy),
                    block=sizes.resolve_block_v(dv, strategy), num_warps=sizes.num_warps, num_stages=sizes.num_stages)
 
@@ -100,7 +100,8 @@ def state_pass(
         return reference.state_pass(k, v, gates, state, chunk, valid)
     del valid  # padded tokens are identity steps (k = 0, beta = 0, log_decay = 0), as in the op
     gates = {name: g for name, g in gates.items() if name in ("log_decay", "beta")}
-    return _state_pass_pallas(k, v, gates, state, chunk, _options(v.shape[-1], strategy, interpret, block_sizes))
+    return _state_pass_pallas(k, v, gates, state, chunk, _options(k.shape[-1], v.shape[-1], strategy, interpret,
+                                                                             block_sizes))
 
 
 def state_pass_and_read(
