@@ -66,6 +66,22 @@ def test_sparse_topk(strategy, interpret):
     compare(grads, grads_ref, "float32", "grads")
 
 
+def test_wide_states_are_tiled_by_columns():
+    """States wider than 64 run in 32-column tiles on the gpu strategy (3 tiles of Dv = 96): dense and sparse."""
+    from mc_jax.kernels.cache_read.pallas import gpu_block_v
+
+    assert gpu_block_v(64, 64) == (64, 4) and gpu_block_v(72, 96) == (32, 8)
+    stack, gamma, x = _inputs(t=16, m=3, dk=72, dv=96, top_k=2, block_routing=True)
+    op = lambda s, g, x: reads.dense_mix(SPEC, "read", s, g, x, 16)
+    dense = lambda s, g, x: dense_mix(SPEC, "read", s, g, x, 16, strategy="gpu", interpret=True, block_q=BLOCK)
+    out, ref, grads, grads_ref = jax.jit(lambda *a: value_and_vjp(dense, op, *a))(stack, gamma, x)
+    compare(out, ref, "float32", "dense y")
+    compare(grads, grads_ref, "float32", "dense grads")
+    idx = slot_indices(gamma, BLOCK, 2)
+    sparse = jax.jit(lambda: sparse_mix(stack, gamma, x, idx, block_q=BLOCK, strategy="gpu", interpret=True))()
+    compare(sparse, ref, "float32", "sparse y")
+
+
 def test_sparse_reads_only_listed_slots():
     """With fewer listed slots than used, the kernel equals the op on gamma restricted to the listed slots."""
     stack, gamma, x = _inputs(top_k=2, m=5)
