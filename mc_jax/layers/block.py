@@ -17,6 +17,7 @@ from mc_jax.layers.attention import Attention
 from mc_jax.layers.mc_mixer import MCMixer
 from mc_jax.layers.mlp import SwiGLU
 from mc_jax.layers.norms import RMSNorm
+from mc_jax.parallel.rules import constrain
 from mc_jax.typing import Array, Float
 
 
@@ -60,8 +61,9 @@ class Block(nnx.Module):
         return self.mixer.init_cache(batch, max_len)
 
     def __call__(self, x: Float[Array, "b t d"], cache: Any = None) -> tuple[Float[Array, "b t d"], Any]:
+        x = constrain(x, ("batch", "seq", None))  # batch over (data, fsdp) under a mesh; a no-op without one
         h, cache = self.mixer(self.mixer_norm(x), cache)
-        x = x + h
+        x = constrain(x + h, ("batch", "seq", None))
         return x + self.mlp(self.mlp_norm(x)), cache
 
 

@@ -24,6 +24,7 @@ from mc_jax.layers.gates import Gates
 from mc_jax.layers.mlp import dense
 from mc_jax.layers.norms import RMSNorm, l2_normalize
 from mc_jax.ops import MCCache, init_cache, memory_caching
+from mc_jax.parallel.shard_op import sharded_memory_caching
 from mc_jax.typing import Array, Float
 
 LINEAR_BASE_CHUNK = 64  # inner chunk of a `none` layer over a linear memory (speed only; exact for any chunk)
@@ -126,7 +127,8 @@ class MCMixer(nnx.Module):
         common = dict(u=u, aggregation=self.aggregation, top_k=top_k, gates=self.gates(x), impl=self.settings.impl)
         if cache is None:
             settings = self._op_settings(self.segment_size(t))
-            y = memory_caching(q, k, v, params=self.memory_params(), **common, **settings)
+            # per (batch, head) shard under a multi-device mesh (shard_map); the plain op otherwise
+            y = sharded_memory_caching(q, k, v, params=self.memory_params(), **common, **settings)
             new_cache = None
         else:  # the segment size the cache was built with (for `none` it follows max_len)
             settings = self._op_settings(cache.memory.segment_size)

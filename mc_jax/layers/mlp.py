@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
+from mc_jax.parallel.rules import constrain
 from mc_jax.typing import Array, Float
 
 
@@ -26,7 +27,8 @@ class SwiGLU(nnx.Module):
         self.down = dense(hidden, d, std=out_std, **kw)
 
     def __call__(self, x: Float[Array, "b t d"]) -> Float[Array, "b t d"]:
-        return self.down(jax.nn.silu(self.gate(x)) * self.up(x))
+        hidden = constrain(jax.nn.silu(self.gate(x)) * self.up(x), ("batch", "seq", "mlp"))  # TP: units on tensor
+        return self.down(hidden)
 
 
 __all__ = ["SwiGLU", "dense"]

@@ -20,6 +20,7 @@ from mc_jax.layers.block import Unit
 from mc_jax.layers.mlp import dense
 from mc_jax.layers.norms import RMSNorm
 from mc_jax.models.checks import check_tokens
+from mc_jax.parallel.rules import constrain
 from mc_jax.typing import Array, Float, Int
 
 Cache = Any  # per unit: a tuple of mixer caches; stacked on a leading [units] axis when scanning
@@ -63,7 +64,7 @@ class LanguageModel(nnx.Module):
     ) -> tuple[Float[Array, "b t d"], Cache | None]:
         """Final-normed hidden states (and the updated cache when one is given)."""
         check_tokens(tokens, self.config.vocab_size)
-        x = self.embed(tokens)
+        x = constrain(self.embed(tokens), ("batch", "seq", None))  # a no-op without a mesh
         x, cache = self._stack(x, cache)
         return self.norm(x), cache
 

@@ -22,6 +22,9 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.sharding import SingleDeviceSharding
+
+from mc_jax.parallel.training import all_finite
 
 from mc_jax.train.config import RunConfig, config_diff, config_from_dict, config_to_dict
 
@@ -35,7 +38,16 @@ class CheckpointError(ValueError):
 
 
 def _abstract(tree: Any) -> Any:
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), tree)
+    """Restore targets with an explicit sharding: arrays on a mesh keep their ``NamedSharding``, so a checkpoint
+    written on one mesh restores directly into the shards of the current one (each process reads only its own
+    shards); anything else goes to the default device, whatever topology wrote the checkpoint."""
+    def target(x):
+        sharding = getattr(x, "sharding", None)
+        if sharding is None:  # e.g. a ShapeDtypeStruct from eval_shape: onto the default device
+            sharding = SingleDeviceSharding(jax.local_devices()[0])
+        return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding)
+
+    return jax.tree.map(target, tree)
 
 
 def _shape_problems(saved: Any, expected: Any) -> list[str]:
@@ -142,7 +154,8 @@ class Checkpointer:
             raise CheckpointError(f"checkpoint {self.step_dir(step)} does not fit this model's config: {shown}")
 
     def restore(self, step: int, params: Any, opt_state: Any | None = None) -> tuple[Any, Any, dict]:
-        """Restore ``step`` onto the structure of ``params`` (and ``opt_state``; ``None`` skips it).
+        """Restore ``step`` onto the structure of ``params`` (and ``opt_state``; ``None`` skips it): arrays sharded
+        on a mesh come back with the same shardings, whatever mesh wrote the checkpoint.
 
         Returns ``(params, opt_state or None, meta)``. Raises :class:`CheckpointError` for a corrupted, partial or
         mismatched checkpoint.
@@ -158,8 +171,7 @@ class Checkpointer:
             raise self._corrupt(step, err) from err
         restored_opt = out.opt_state if opt_state is not None else None
         for name, tree in (("params", out.params), ("opt_state", restored_opt)):
-            if tree is not None and not all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(tree)
-                                            if np.issubdtype(np.asarray(x).dtype, np.floating)):
+            if tree is not None and not all_finite(tree):
                 raise self._corrupt(step, f"{name} holds non-finite values")
         return out.params, restored_opt, meta
 

@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from mc_jax.configs_util import apply_overrides
+from mc_jax.parallel.distributed import initialize_from_env
 from mc_jax.train.checkpoint import CheckpointError, read_run_file, write_json_atomic
 from mc_jax.train.config import (
     DEFAULT_PRESET,
@@ -60,6 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--overwrite", action="store_true", help="replace the run(s) in train.out_dir")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+    dist = p.add_argument_group("multi-host (see README, Scale-out)")
+    dist.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                      help="jax.distributed coordinator (process 0's address); or env MC_COORDINATOR")
+    dist.add_argument("--num-processes", type=int, default=None, help="processes in the job; or MC_NUM_PROCESSES")
+    dist.add_argument("--process-id", type=int, default=None, help="this process's index; or MC_PROCESS_ID")
+    dist.add_argument("--distributed", action="store_true",
+                      help="jax.distributed.initialize() with auto-detection (SLURM, TPU pod, MPI); "
+                           "or MC_DISTRIBUTED=1")
     return p
 
 
@@ -113,6 +122,11 @@ def format_table(results: list[tuple[str, TrainResult]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet_logs()
+    try:  # before any device is touched
+        initialize_from_env(args.coordinator, args.num_processes, args.process_id, auto=args.distributed)
+    except (ValueError, RuntimeError) as err:
+        print(f"error: distributed start-up failed: {err}", file=sys.stderr)
+        return 2
     try:
         runs = resolve_configs(args)
     except (ValueError, CheckpointError) as err:
@@ -137,6 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     except (RunDirError, DataError, CheckpointError, TrainError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    import jax
+
+    if jax.process_index() != 0:  # process 0 reports for a multi-host job
+        return 0
     table = format_table(results)
     print(table)
     root = Path(runs[0][1].train.out_dir)

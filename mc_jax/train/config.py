@@ -17,6 +17,7 @@ from typing import Any
 
 from mc_jax.config import MIXER_KINDS, MixerConfig, ModelConfig
 from mc_jax.configs_util import apply_overrides, from_dict, load_preset, to_dict
+from mc_jax.parallel.mesh import MeshConfig
 
 TASKS = ("mqar", "text", "niah")
 BYTE_VOCAB = 256  # the byte tokenizer (text) and the NIAH task use bytes
@@ -24,8 +25,11 @@ DEFAULT_PRESET = "train_tiny_mqar"
 
 # Fields that may differ between a checkpoint and the config that resumes it: they change neither the math nor the
 # data order, so a resumed run still reproduces the uninterrupted one.
+# The mesh may change too: a checkpoint restores onto any mesh shape (the math is the same up to float summation
+# order, so a resumed run on another mesh matches the uninterrupted one to float32 rounding, not bit for bit).
 RESUMABLE_CHANGES = (
     "train.eval_every", "train.ckpt_every", "train.keep", "train.log_every", "train.out_dir", "train.baseline",
+    "mesh.data", "mesh.fsdp", "mesh.tensor",
 )
 
 
@@ -193,14 +197,24 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything a run needs: the model and its training. Saved with every checkpoint."""
+    """Everything a run needs: the model, its training and the device mesh. Saved with every checkpoint.
+
+    ``mesh`` (:class:`~mc_jax.parallel.mesh.MeshConfig`): ``mesh.data`` x ``mesh.fsdp`` x ``mesh.tensor`` devices;
+    all 1 (the default) is the single-device program. Heads and MLP width must divide by ``mesh.tensor`` and the
+    micro-batch by ``mesh.data x mesh.fsdp`` (checked here where the sizes are known, else when the mesh is built).
+    """
 
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, ModelConfig) or not isinstance(self.train, TrainConfig):
             raise ValueError("RunConfig needs model: ModelConfig and train: TrainConfig")
+        if not isinstance(self.mesh, MeshConfig):
+            raise ValueError(f"mesh must be a MeshConfig; got {type(self.mesh).__name__}")
+        self.mesh.check_model(self.model)
+        self.mesh.check_batch(self.train.micro_batch)
         data_vocab, model_vocab = self.train.task.data_vocab, self.model.vocab_size
         if data_vocab > model_vocab:
             source = (f"the MQAR task uses ids up to train.task.vocab_size={data_vocab}"
@@ -269,7 +283,7 @@ def baseline_config(config: RunConfig) -> RunConfig | None:
     new_model = dataclasses.replace(model, pattern=pattern, mixer=dataclasses.replace(mixer, **changes))
     if new_model == model:
         raise ValueError(f"train.baseline={kind!r} gives the same model as the main run (no 'mc' layer to replace)")
-    return RunConfig(model=new_model, train=dataclasses.replace(config.train, baseline=""))
+    return RunConfig(model=new_model, train=dataclasses.replace(config.train, baseline=""), mesh=config.mesh)
 
 
 def load_run_config(preset: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:

@@ -67,9 +67,19 @@ def load_text_tokens(path: str) -> tuple[np.ndarray, str]:
     return ByteTokenizer().encode(text), (path or "tiny corpus")
 
 
-def build_task_data(config: RunConfig, eval_batch_size: int | None = None) -> TaskData:
-    """Datasets for ``config.train.task``; raises :class:`DataError` for unusable data."""
+def build_task_data(config: RunConfig, eval_batch_size: int | None = None,
+                    shard: tuple[int, int] = (0, 1)) -> TaskData:
+    """Datasets for ``config.train.task``; raises :class:`DataError` for unusable data.
+
+    ``shard = (index, count)``: this process loads the strided shard ``source[index::count]`` in batches of
+    ``train.batch_size / count`` rows (see :func:`mc_jax.parallel.training.process_rows`). The ``count`` shards'
+    batch ``j`` together hold exactly the rows of the single-process batch ``j`` (unshuffled sources), so a
+    multi-host run sees the same global batches. The held-out batches are whole on every process.
+    """
     train, task = config.train, config.train.task
+    index, count = shard
+    if train.batch_size % count:
+        raise DataError(f"train.batch_size={train.batch_size} does not split into {count} per-process data shards")
     eval_bs = eval_batch_size or max(train.micro_batch, 32)
     if task.data_vocab > config.model.vocab_size:  # RunConfig checks this too; keep the error here for direct use
         raise DataError(f"vocabulary mismatch: the data uses {task.data_vocab} ids, the model has "
@@ -101,8 +111,8 @@ def build_task_data(config: RunConfig, eval_batch_size: int | None = None) -> Ta
         desc = f"text {where}: {len(train_tokens)} train / {len(val_tokens)} val byte tokens, L={task.seq_len}"
         shuffle = True
     try:
-        dataset = make_dataset(source, batch_size=train.batch_size, seed=train.seed, shuffle=shuffle,
-                               num_epochs=None, shard_index=0, shard_count=1)
+        dataset = make_dataset(source, batch_size=train.batch_size // count, seed=train.seed, shuffle=shuffle,
+                               num_epochs=None, shard_index=index, shard_count=count)
     except ValueError as err:
         raise DataError(f"cannot batch the training data: {err}") from None
     limit = task.eval_examples if task.kind == "text" else None

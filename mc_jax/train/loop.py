@@ -22,7 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from mc_jax.models import count_params, create_model
+import jax
+from jax.experimental import multihost_utils
+
+from mc_jax.models import abstract_model, count_params, create_model
+from mc_jax.parallel.mesh import mesh_for_run
+from mc_jax.parallel.training import TrainSharding, data_shard, init_state
 from mc_jax.train.checkpoint import (
     CKPT_SUBDIR,
     RUN_FILE,
@@ -133,6 +138,24 @@ def _finite(x: float) -> bool:
     return math.isfinite(x)
 
 
+class _NullLogger:
+    """Metrics sink of the non-primary processes of a multi-host run (process 0 writes the files)."""
+
+    tensorboard_enabled = True
+    path = Path(METRICS_FILE)
+
+    def log(self, step: int, split: str, values: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _sync(name: str) -> None:
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+
+
 # ---- the loop ----------------------------------------------------------------------------------------------------------
 def train(
     config: RunConfig,
@@ -153,15 +176,27 @@ def train(
     tc = config.train
     run_dir = Path(run_dir).absolute()
     check_run_dir(run_dir, config, resume=resume, overwrite=overwrite)
-    data = data or build_task_data(config)  # bad data fails here, before anything is written
+    # The mesh (None: the single-device program) fails here for sizes that do not fit the devices / model / batch.
+    mesh = mesh_for_run(config.mesh, config.model, tc.micro_batch)
+    primary = jax.process_index() == 0
+    # bad data fails here, before anything is written; each process loads its own rows of every global batch
+    data = data or build_task_data(config, shard=data_shard(mesh))
 
-    model = create_model(config.model, seed=tc.seed)
-    num_params = count_params(model)
-    graphdef, params, rest = split_model(model)
-    del model
     tx = make_optimizer(tc)
     schedule = make_schedule(tc)
-    opt_state = tx.init(params)
+    shard = None
+    if mesh is None:
+        model = create_model(config.model, seed=tc.seed)
+        num_params = count_params(model)
+        graphdef, params, rest = split_model(model)
+        del model
+        opt_state = tx.init(params)
+    else:  # parameters and optimizer state are created directly in their shards
+        abstract = abstract_model(config.model)
+        num_params = count_params(abstract)
+        graphdef, abstract_params, rest = split_model(abstract)
+        shard = TrainSharding.create(mesh, abstract_params, tx)
+        params, opt_state = init_state(lambda: split_model(create_model(config.model, seed=tc.seed))[1], tx, shard)
 
     # Read the checkpoint before touching the directory: a bad checkpoint leaves everything as it was.
     start, data_state, resumed_from = 0, None, None
@@ -175,9 +210,13 @@ def train(
             params, opt_state, meta = reader.restore(latest, params, opt_state)
             start, data_state, resumed_from = latest, meta.get("data_state"), latest
         reader.close()
-    _prepare_run_dir(run_dir, config, resume=resume, overwrite=overwrite)
+    _sync("mc_jax.train: checkpoint read")  # nobody touches the directory before every process has read it
+    if primary:
+        _prepare_run_dir(run_dir, config, resume=resume, overwrite=overwrite)
+    _sync("mc_jax.train: run directory ready")
     ckpt = Checkpointer(run_dir, keep=tc.keep)
-    logger = MetricsLogger(run_dir, resume_step=start if resume else None)
+    logger = MetricsLogger(run_dir, resume_step=start if resume else None) if primary else _NullLogger()
+    progress = progress and primary
     bar = ProgressBar(tc.steps, start=start, label=label, stream=stream, enabled=progress)
     if progress:
         where = f"resumed from step {start}" if resumed_from is not None else "from scratch"
@@ -186,7 +225,7 @@ def train(
         if not logger.tensorboard_enabled and start == 0:
             bar.message(f"{label}tensorboardX is not installed: metrics go to {logger.path.name} only")
 
-    step_fn = make_train_step(graphdef, rest, tx, tc.accum)
+    step_fn = make_train_step(graphdef, rest, tx, tc.accum, shard=shard, donate=shard is not None)
     it = data.iterator(data_state)
     losses: dict[int, float] = {}
     timed_steps, timed_seconds = 0, 0.0
@@ -194,7 +233,7 @@ def train(
     last_saved = start if resumed_from is not None else None
 
     def do_eval(step: int) -> dict[str, float]:
-        metrics = evaluate_batches(graphdef, params, rest, data.eval_batches)
+        metrics = evaluate_batches(graphdef, params, rest, data.eval_batches, shard=shard)
         logger.log(step, "eval", metrics)
         return metrics
 
@@ -202,6 +241,8 @@ def train(
         for step in range(start + 1, tc.steps + 1):
             t0 = time.perf_counter()
             batch = reshape_for_accum(next(it), tc.accum)
+            if shard is not None:  # this process's rows -> the global batch
+                batch = shard.global_batch(batch)
             new_params, new_opt, m = step_fn(params, opt_state, batch)
             loss, grad_norm = float(m["loss"]), float(m["grad_norm"])
             dt = time.perf_counter() - t0
@@ -248,7 +289,9 @@ def train(
         train_loss=last_loss, tokens_per_s=tokens_per_s, train_seconds=timed_seconds,
         wall_seconds=time.perf_counter() - wall0, resumed_from=resumed_from, losses=losses,
     )
-    write_json_atomic(run_dir / FINAL_FILE, {**result.summary(), "config": config_to_dict(config)})
+    if primary:
+        write_json_atomic(run_dir / FINAL_FILE, {**result.summary(), "config": config_to_dict(config)})
+    _sync("mc_jax.train: done")
     if progress:
         bar.message(f"{label}done: eval loss {final['loss']:.4f}, accuracy {final['accuracy']:.2%}, "
                     f"exact match {final['exact_match']:.2%} ({tokens_per_s:,.0f} tok/s)")

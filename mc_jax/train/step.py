@@ -17,9 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from mc_jax.data import IGNORE_INDEX
 from mc_jax.models import LanguageModel
+from mc_jax.parallel.training import TrainSharding
 
 Batch = dict[str, Any]  # {"inputs": int32[B, L], "labels": int32[B, L]}
 
@@ -66,12 +68,18 @@ def reshape_for_accum(batch: Batch, accum: int) -> Batch:
     return out
 
 
-def make_train_step(graphdef: nnx.GraphDef, rest: Any, tx: optax.GradientTransformation, accum: int) -> Callable:
+def make_train_step(graphdef: nnx.GraphDef, rest: Any, tx: optax.GradientTransformation, accum: int, *,
+                    shard: TrainSharding | None = None, donate: bool = False) -> Callable:
     """``step(params, opt_state, batch) -> (params, opt_state, metrics)``, jit-compiled once.
 
     ``batch`` leaves have shape ``[accum, micro_batch, L]`` (see :func:`reshape_for_accum`). ``metrics`` holds the
     batch ``loss`` (before the update), ``grad_norm`` (before clipping), labelled-token ``accuracy`` and ``tokens``
     (labelled).
+
+    With ``shard`` (:class:`~mc_jax.parallel.training.TrainSharding`) the step is compiled for its mesh (pjit
+    semantics): parameters and optimizer state keep their shardings in and out, the batch is split over
+    ``(data, fsdp)``, metrics are replicated, and the model traces under ``jax.set_mesh`` so that its activation
+    constraints and the per-shard MC op apply. ``donate`` reuses the old parameter / optimizer buffers.
     """
     grad_fn = jax.value_and_grad(_loss, has_aux=True)
 
@@ -100,7 +108,18 @@ def make_train_step(graphdef: nnx.GraphDef, rest: Any, tx: optax.GradientTransfo
         }
         return new_params, new_opt, metrics
 
-    return jax.jit(step)
+    donate_argnums = (0, 1) if donate else ()
+    if shard is None:
+        return jax.jit(step, donate_argnums=donate_argnums)
+    jitted = jax.jit(step, in_shardings=(shard.params, shard.opt_state, shard.batch(3, 1)),
+                     out_shardings=(shard.params, shard.opt_state, shard.replicated), donate_argnums=donate_argnums)
+
+    def sharded_step(params, opt_state, batch):
+        with jax.set_mesh(shard.mesh):
+            return jitted(params, opt_state, batch)
+
+    sharded_step.jitted = jitted  # for lowering / inspection
+    return sharded_step
 
 
 @partial(jax.jit, static_argnums=(0,))
@@ -109,13 +128,23 @@ def _eval_stats(graphdef, params, rest, inputs, labels):
     return token_stats(logits, labels)
 
 
-def evaluate_batches(graphdef: nnx.GraphDef, params: dict, rest: Any, batches: list[Batch]) -> dict[str, float]:
+def evaluate_batches(graphdef: nnx.GraphDef, params: dict, rest: Any, batches: list[Batch], *,
+                     shard: TrainSharding | None = None) -> dict[str, float]:
     """Held-out metrics over ``batches``: mean ``loss`` per labelled token, ``perplexity``, token ``accuracy`` and
-    ``exact_match`` (fraction of rows whose labelled tokens are all right; rows without labels are skipped)."""
+    ``exact_match`` (fraction of rows whose labelled tokens are all right; rows without labels are skipped).
+
+    With ``shard`` the batches (the same on every process) go onto its mesh replicated and the model runs under it.
+    """
     tot = {"loss_sum": 0.0, "count": 0.0, "correct": 0.0, "exact": 0.0, "rows": 0.0}
     for batch in batches:
-        s = jax.device_get(_eval_stats(graphdef, params, rest, jnp.asarray(batch["inputs"]),
-                                       jnp.asarray(batch["labels"])))
+        if shard is None:
+            s = _eval_stats(graphdef, params, rest, jnp.asarray(batch["inputs"]), jnp.asarray(batch["labels"]))
+        else:
+            inputs, labels = shard.put_replicated((batch["inputs"], batch["labels"]))
+            with jax.set_mesh(shard.mesh):
+                s = _eval_stats(graphdef, params, rest, inputs, labels)
+            s = multihost_utils.process_allgather(s, tiled=True)  # every process reads the whole result
+        s = jax.device_get(s)
         tot["loss_sum"] += float(s["loss_sum"])
         tot["count"] += float(s["count"])
         tot["correct"] += float(s["correct"])
