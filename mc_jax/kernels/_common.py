@@ -57,6 +57,7 @@ class Options:
     strategy: str = "auto"
     interpret: Any = None
     block: int | None = None  # kernel-specific tile (chunk_state: Dv tile; cache_read: query block)
+    block_v: int | None = None  # cache_read: Dv tile (gpu strategy)
     num_warps: int = 4
     num_stages: int = 1
 

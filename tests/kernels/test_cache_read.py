@@ -68,7 +68,7 @@ def test_sparse_topk(strategy, interpret):
 
 def test_wide_states_are_tiled_by_columns():
     """States wider than 64 run in 32-column tiles on the gpu strategy (3 tiles of Dv = 96): dense and sparse."""
-    from mc_jax.kernels.cache_read.pallas import gpu_block_v
+    from mc_jax.kernels.cache_read.config import gpu_block_v
 
     assert gpu_block_v(64, 64) == (64, 4) and gpu_block_v(72, 96) == (32, 8)
     stack, gamma, x = _inputs(t=16, m=3, dk=72, dv=96, top_k=2, block_routing=True)
@@ -113,3 +113,26 @@ def test_lowering(strategy, platform):
         assert marker in jax.jit(f).trace(stack, gamma, x).lower(lowering_platforms=(platform,)).as_text()
         grad = jax.grad(lambda *a: f(*a).sum(), argnums=(0, 1, 2))
         jax.jit(grad).trace(stack, gamma, x).lower(lowering_platforms=(platform,))
+
+
+def test_block_sizes_validation_and_defaults():
+    from mc_jax.kernels.cache_read import BlockSizes
+
+    with pytest.raises(ValueError, match="block_q must be a positive int"):
+        BlockSizes(block_q=0)
+    with pytest.raises(ValueError, match="positive divisor of T=24"):
+        BlockSizes(block_q=5).resolve(24, 8, 8, "gpu")
+    with pytest.raises(ValueError, match="multiple of 8"):
+        BlockSizes(block_q=4).resolve(24, 8, 8, "tpu")
+    with pytest.raises(ValueError, match="must divide Dv=96"):
+        BlockSizes(block_v=64).resolve(16, 72, 96, "gpu")
+    assert BlockSizes().resolve(2048, 128, 128, "gpu") == (128, 32, 8, 1)
+    assert BlockSizes().resolve(2048, 64, 64, "gpu") == (128, 64, 4, 1)
+    assert BlockSizes().resolve(2048, 128, 128, "tpu") == (128, 128, 4, 1)
+    stack, gamma, x = _inputs()
+    with pytest.raises(ValueError, match="disagrees"):
+        dense_mix(SPEC, "read", stack, gamma, x, 12, block_q=8, block_sizes=BlockSizes(block_q=4))
+    # an explicit tiling (2 columns of Dv = 4, 2 warps) gives the same read
+    tiled = jax.jit(lambda: dense_mix(SPEC, "read", stack, gamma, x, 12, strategy="gpu", interpret=True,
+                                      block_sizes=BlockSizes(block_q=8, block_v=2, num_warps=2)))()
+    compare(tiled, reads.dense_mix(SPEC, "read", stack, gamma, x, 12), "float32", "tiled y")

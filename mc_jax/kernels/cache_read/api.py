@@ -6,6 +6,7 @@ Both Pallas paths are ``jax.custom_vjp``s whose backward is the ``jax.vjp`` of t
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -13,28 +14,26 @@ import jax.numpy as jnp
 
 from mc_jax.kernels._common import IMPLS, Options, check_choice, resolve_interpret, resolve_strategy
 from mc_jax.kernels.cache_read import reference
+from mc_jax.kernels.cache_read.config import BlockSizes, default_block_q  # noqa: F401 - re-exported
 from mc_jax.kernels.cache_read.pallas import cache_read_pallas
 from mc_jax.ops import reads
 from mc_jax.ops.memories import MemorySpec
 from mc_jax.typing import Array, Float, Int
 
 
-def default_block_q(t: int, strategy: str, cap: int = 128) -> int:
-    """Largest divisor of ``t`` not above ``cap`` (a multiple of 8 on TPU, else ``t`` itself)."""
-    for d in range(min(cap, t), 0, -1):
-        if t % d == 0 and (strategy != "tpu" or d % 8 == 0):
-            return d
-    return t
-
-
-def _options(t: int, strategy: str, interpret, block_q: int | None) -> Options:
+def _options(x, stack, strategy: str, interpret, block_q: int | None, block_sizes: BlockSizes | None) -> Options:
+    """Resolved kernel options; ``block_q`` is shorthand for ``BlockSizes(block_q=...)``."""
+    if block_q is not None and block_sizes is not None and block_sizes.block_q not in (None, block_q):
+        raise ValueError(f"block_q={block_q} disagrees with block_sizes.block_q={block_sizes.block_q}; pass one")
+    sizes = block_sizes or BlockSizes()
+    if block_q is not None:
+        if not isinstance(block_q, int) or block_q < 1:
+            raise ValueError(f"block_q must be a positive divisor of T={x.shape[1]}; got {block_q!r}")
+        sizes = dataclasses.replace(sizes, block_q=block_q)
     strategy = resolve_strategy(strategy)
-    bq = default_block_q(t, strategy) if block_q is None else block_q
-    if not isinstance(bq, int) or bq < 1 or t % bq:
-        raise ValueError(f"block_q must be a positive divisor of T={t}; got {bq!r}")
-    if strategy == "tpu" and bq != t and bq % 8:
-        raise ValueError(f"on TPU block_q must equal T ({t}) or be a multiple of 8 (sublanes); got {bq}")
-    return Options(strategy=strategy, interpret=resolve_interpret(interpret, strategy), block=bq)
+    bq, bv, warps, stages = sizes.resolve(x.shape[1], x.shape[-1], stack.shape[-1], strategy)
+    return Options(strategy=strategy, interpret=resolve_interpret(interpret, strategy), block=bq, block_v=bv,
+                   num_warps=warps, num_stages=stages)
 
 
 def _kernel_layout(stack, gamma, x):
@@ -53,7 +52,8 @@ def _unlayout(y, b: int, h: int):
 def _dense_forward(stack, gamma, x, opts: Options):
     b, t, h, _ = x.shape
     xs, gs, ss = _kernel_layout(stack, gamma, x)
-    y = cache_read_pallas(xs, gs, ss, block_q=opts.block, strategy=opts.strategy, interpret=opts.interpret)
+    y = cache_read_pallas(xs, gs, ss, block_q=opts.block, strategy=opts.strategy, interpret=opts.interpret,
+                          block_v=opts.block_v, num_warps=opts.num_warps, num_stages=opts.num_stages)
     return _unlayout(y, b, h)
 
 
@@ -85,18 +85,20 @@ def dense_mix(
     strategy: str = "auto",
     interpret=None,
     block_q: int | None = None,
+    block_sizes: BlockSizes | None = None,
 ) -> Float[Array, "b t h o"]:
     """Drop-in for :func:`mc_jax.ops.reads.dense_mix` (same arguments, same result).
 
     The kernel serves linear memories (``spec.family == "linear"``, ``what == "read"``): ``y[t] = sum_m gamma[t, m]
     x_t^T S_m`` with stack ``[b m h dk dv]``. Deep memories and ``impl="xla"`` go to ``reads.dense_mix``.
     ``block`` is the XLA path's query block (also the one its backward uses); the kernel's is ``block_q``
-    (default: the largest divisor of T <= 128, a multiple of 8 on TPU).
+    (default: the largest divisor of T <= 128, a multiple of 8 on TPU); ``block_sizes`` sets every tile
+    (:class:`~mc_jax.kernels.cache_read.config.BlockSizes`).
     """
     check_choice("impl", impl, IMPLS)
     if impl == "xla" or spec.family != "linear" or what != "read":
         return reads.dense_mix(spec, what, stack, gamma, x, block)
-    return _dense_pallas(stack, gamma, x, block, _options(x.shape[1], strategy, interpret, block_q))
+    return _dense_pallas(stack, gamma, x, block, _options(x, stack, strategy, interpret, block_q, block_sizes))
 
 
 def slot_indices(gamma: Float[Array, "b t h m"], block_q: int, capacity: int) -> Int[Array, "b h nq k"]:
@@ -122,7 +124,8 @@ def _sparse_forward(stack, gamma, x, slot_idx, opts: Options):
     g_sel = jnp.take_along_axis(gamma, per_token, axis=-1)
     xs, gs, ss = _kernel_layout(stack, g_sel, x)
     y = cache_read_pallas(xs, gs, ss, slot_idx.reshape(b * h, t // bq, -1), block_q=bq, strategy=opts.strategy,
-                          interpret=opts.interpret)
+                          interpret=opts.interpret, block_v=opts.block_v, num_warps=opts.num_warps,
+                          num_stages=opts.num_stages)
     return _unlayout(y, b, h)
 
 
@@ -154,6 +157,7 @@ def sparse_mix(
     impl: str = "pallas",
     strategy: str = "auto",
     interpret=None,
+    block_sizes: BlockSizes | None = None,
 ) -> Float[Array, "b t h dv"]:
     """Top-k (SSC) read of cached linear memories: ``y[t] = sum_{m in slot_idx[block(t)]} gamma[t, m] x_t^T S_m``.
 
@@ -167,4 +171,4 @@ def sparse_mix(
         raise ValueError(f"slot_idx must be [B, H, T / block_q, k] = {(b, h, t // block_q, '*')}; got {slot_idx.shape}")
     if impl == "xla":
         return reference.sparse_mix(stack, gamma, x, slot_idx, block_q)
-    return _sparse_pallas(stack, gamma, x, slot_idx, _options(t, strategy, interpret, block_q))
+    return _sparse_pallas(stack, gamma, x, slot_idx, _options(x, stack, strategy, interpret, block_q, block_sizes))

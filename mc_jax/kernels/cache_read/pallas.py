@@ -6,7 +6,7 @@ slots listed for query block ``qb``, so only ``K`` states per block are read (co
 Strategies (one body, see ``_accumulate``):
   * ``gpu``: grid ``(BH, T/bq, Dv/bv)``, all parallel; an in-kernel ``lax.fori_loop`` over the ``J`` slots
     accumulates in registers; sparse indices are an ordinary int32 input ``[BH, nq, K]``; states wider than 64 are
-    tiled by columns (:func:`gpu_block_v`).
+    tiled by columns (``block_v``, default :func:`~mc_jax.kernels.cache_read.config.gpu_block_v`).
   * ``tpu``: grid ``(BH, T/bq, J)`` with the slot axis ``"arbitrary"`` (reduction) and the accumulator in VMEM
     scratch; sparse indices are scalar-prefetched (``PrefetchScalarGridSpec(num_scalar_prefetch=1)``, a flat
     ``[BH * nq * K]`` SMEM array) and feed the state BlockSpec's ``index_map``, so only selected states are DMA'd.
@@ -65,20 +65,8 @@ def _tpu_kernel(*refs, n_slots: int, sparse: bool):
         o_ref[0] = acc_ref[...].astype(o_ref.dtype)
 
 
-def gpu_block_v(dk: int, dv: int) -> tuple[int, int]:
-    """``(block_v, num_warps)`` of the gpu strategy: the state's columns are tiled when the state is wider than 64.
-
-    On an H100 a whole 128x128 fp32 state per slot spilled registers (dense read 0.02x, sparse 0.12x of XLA, see
-    docs/performance.md); 64-wide states ran whole (sparse read 1.2-20x faster than XLA). Wider states use 32-column
-    tiles and 8 warps, the setting that rescued the chunk-state kernel at 128 (not yet measured for this kernel).
-    """
-    if max(dk, dv) <= 64 or dv % 32:
-        return dv, 4
-    return 32, 8
-
-
 def cache_read_pallas(x, gamma, stack, slot_idx=None, *, block_q: int, strategy: str, interpret,
-                      num_warps: int | None = None, num_stages: int = 1):
+                      block_v: int | None = None, num_warps: int = 4, num_stages: int = 1):
     """Kernel-layout read; ``slot_idx [BH, nq, K]`` (int32) selects the sparse variant. Returns ``[BH, T, dv]``."""
     bh, t, dk = x.shape
     n_slots = gamma.shape[1]
@@ -94,7 +82,7 @@ def cache_read_pallas(x, gamma, stack, slot_idx=None, *, block_q: int, strategy:
                   cost_estimate=pl.CostEstimate(flops=flops, transcendentals=0, bytes_accessed=nbytes),
                   name=f"mc_cache_read_{'sparse' if sparse else 'dense'}_{strategy}")
     if strategy == "gpu":
-        bv, warps = gpu_block_v(dk, dv)
+        bv = block_v or dv
         in_specs = [pl.BlockSpec((1, block_q, dk), lambda b, q, c: (b, q, 0)),
                     pl.BlockSpec((1, n_slots, block_q, 1), lambda b, q, c: (b, 0, q, 0)),
                     pl.BlockSpec((1, m, dk, bv), lambda b, q, c: (b, 0, 0, c))]
@@ -105,7 +93,7 @@ def cache_read_pallas(x, gamma, stack, slot_idx=None, *, block_q: int, strategy:
         return pl.pallas_call(
             functools.partial(_gpu_kernel, n_slots=n_slots, sparse=sparse), grid=(bh, nq, dv // bv),
             in_specs=in_specs, out_specs=pl.BlockSpec((1, block_q, bv), lambda b, q, c: (b, q, c)),
-            compiler_params=compiler_params(strategy, ("parallel",) * 3, num_warps or warps, num_stages),
+            compiler_params=compiler_params(strategy, ("parallel",) * 3, num_warps, num_stages),
             **common)(*inputs)
 
     kernel = functools.partial(_tpu_kernel, n_slots=n_slots, sparse=sparse)
