@@ -13,9 +13,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -24,22 +22,13 @@ import jax.numpy as jnp
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.bench_kernels import _time  # noqa: E402
 from mc_jax.kernels import _common  # noqa: E402
 from mc_jax.kernels.chunk_state import api, reference  # noqa: E402
 from mc_jax.kernels.chunk_state.pallas import chunk_state_pallas  # noqa: E402
 
 SHAPES = [dict(b=1, t=8192, h=4, d=64), dict(b=8, t=1024, h=16, d=64), dict(b=1, t=8192, h=4, d=128)]
 PRECISIONS = {"highest": jax.lax.Precision.HIGHEST, "default": jax.lax.Precision.DEFAULT}
-
-
-def _time(fn, *args, reps):
-    jax.block_until_ready(fn(*args))
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        ts.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(ts)
 
 
 def _inputs(c, memory):
