@@ -23,12 +23,11 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.bench_kernels import _time  # noqa: E402
-from mc_jax.kernels import _common  # noqa: E402
+from mc_jax.kernels._common import PRECISIONS  # noqa: E402
 from mc_jax.kernels.chunk_state import api, reference  # noqa: E402
 from mc_jax.kernels.chunk_state.pallas import chunk_state_pallas  # noqa: E402
 
 SHAPES = [dict(b=1, t=8192, h=4, d=64), dict(b=8, t=1024, h=16, d=64), dict(b=1, t=8192, h=4, d=128)]
-PRECISIONS = {"highest": jax.lax.Precision.HIGHEST, "default": jax.lax.Precision.DEFAULT}
 
 
 def _inputs(c, memory):
@@ -69,14 +68,13 @@ def main(argv=None):
         decay = jnp.broadcast_to(jnp.exp(total)[..., None, None], (r, n, h, 1, dv))
         kin = (api._to_rows(jnp.swapaxes(k_to_end, -1, -2)), api._to_rows(u_hat),
                None if w is None else api._to_rows(w), api._to_rows(decay), s0.reshape(r * h, dk, dv))
-        for (pname, prec), warps, bv in itertools.product(PRECISIONS.items(), (4, 8), sorted({32, 64, dv})):
+        for pname, warps, bv in itertools.product(PRECISIONS, (4, 8), sorted({32, 64, dv})):
             if dv % bv:
                 continue
             name = f"pallas prec={pname} warps={warps} bv={bv}"
-            _common.PRECISION = prec  # read by the kernel's dot at trace time
             try:
-                fn = jax.jit(lambda *a, bv=bv, warps=warps: chunk_state_pallas(
-                    *a, block_v=bv, strategy="gpu", interpret=on_cpu, num_warps=warps))
+                fn = jax.jit(lambda *a, bv=bv, warps=warps, pname=pname: chunk_state_pallas(
+                    *a, block_v=bv, strategy="gpu", interpret=on_cpu, num_warps=warps, precision=pname))
                 out = fn(*kin)
                 err = max(float(jnp.max(jnp.abs(api._from_rows(out[0], r) - ref[0]))),
                           float(jnp.max(jnp.abs(out[2].reshape(ref[2].shape) - ref[2]))))

@@ -12,8 +12,11 @@ from jax.experimental.pallas import triton as pltriton
 
 STRATEGIES = ("auto", "gpu", "tpu")
 IMPLS = ("pallas", "xla")
-# Every in-kernel matmul: fp32 (ieee) products and accumulation, never TF32 / single-pass bf16.
-PRECISION = jax.lax.Precision.HIGHEST
+# In-kernel matmul precision. "highest" (the default): fp32 (ieee) products and accumulation, never TF32 /
+# single-pass bf16, so kernels match the XLA op at the float32 tolerance. "default": the backend's choice (TF32 on
+# NVIDIA GPUs; on an H100 the chunk-state kernel ran 1.2-3.9x faster at a max error of 5-7e-4, see
+# docs/performance.md); identical to "highest" on CPU.
+PRECISIONS = {"highest": jax.lax.Precision.HIGHEST, "default": jax.lax.Precision.DEFAULT}
 
 
 def check_choice(name: str, value, options) -> None:
@@ -44,9 +47,9 @@ def compiler_params(strategy: str, dimension_semantics: tuple[str, ...], num_war
     return pltriton.CompilerParams(num_warps=num_warps, num_stages=num_stages)
 
 
-def dot(a, b, acc_dtype):
-    """``a @ b`` with full-precision products and ``acc_dtype`` accumulation."""
-    return jax.lax.dot_general(a, b, (((a.ndim - 1,), (0,)), ((), ())), precision=PRECISION,
+def dot(a, b, acc_dtype, precision: str = "highest"):
+    """``a @ b`` with ``acc_dtype`` accumulation; ``precision`` a key of :data:`PRECISIONS`."""
+    return jax.lax.dot_general(a, b, (((a.ndim - 1,), (0,)), ((), ())), precision=PRECISIONS[precision],
                                preferred_element_type=acc_dtype)
 
 
@@ -60,6 +63,7 @@ class Options:
     block_v: int | None = None  # cache_read: Dv tile (gpu strategy)
     num_warps: int = 4
     num_stages: int = 1
+    precision: str = "highest"  # in-kernel matmuls (chunk_state), see PRECISIONS
 
 
 def acc_dtype() -> jnp.dtype:

@@ -76,6 +76,8 @@ def test_block_sizes_validation():
         BlockSizes(block_v=64).resolve_block_v(256, "tpu")
     assert BlockSizes.get_default(256, "tpu").resolve_block_v(256, "tpu") == 128
     assert BlockSizes.get_default(16, "tpu").resolve_block_v(16, "tpu") == 16
+    with pytest.raises(ValueError, match="precision='tf32' is not supported"):
+        BlockSizes(precision="tf32")
     # gpu: 32-column tiles (measured on an H100), the whole state when narrower; 8 warps from Dk = 128
     assert BlockSizes.get_default(64, "gpu", dk=64) == BlockSizes(block_v=32, num_warps=4)
     assert BlockSizes.get_default(128, "gpu", dk=128) == BlockSizes(block_v=32, num_warps=8)
@@ -94,3 +96,8 @@ def test_lowering(strategy, platform):
     assert ("__gpu$xla.gpu.triton" if platform == "cuda" else "tpu_custom_call") in text
     grad = jax.grad(lambda *a: weighted_sum(f(*a)), argnums=(0, 1, 2, 3))
     jax.jit(grad).trace(k, v, gates, s).lower(lowering_platforms=(platform,))
+
+
+def test_backend_precision_option():
+    """``precision="default"`` (TF32 on NVIDIA GPUs) runs the same kernel; on CPU the products are exact fp32."""
+    _check("delta", strategy="gpu", interpret=True, block_sizes=BlockSizes(precision="default"))

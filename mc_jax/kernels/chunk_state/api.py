@@ -40,7 +40,7 @@ def _forward(k, v, gates, state, chunk: int, opts: Options):
         _to_rows(jnp.swapaxes(k_to_end, -1, -2)), _to_rows(u_hat), None if w is None else _to_rows(w),
         _to_rows(decay), state.astype(acc).reshape(r * h, dk, dv),
         block_v=opts.block, strategy=opts.strategy, interpret=opts.interpret,
-        num_warps=opts.num_warps, num_stages=opts.num_stages)
+        num_warps=opts.num_warps, num_stages=opts.num_stages, precision=opts.precision)
     return _from_rows(starts, r), _from_rows(u, r), final.reshape(r, h, dk, dv)
 
 
@@ -65,7 +65,8 @@ def _options(dk: int, dv: int, strategy: str, interpret, block_sizes: BlockSizes
     strategy = resolve_strategy(strategy)
     sizes = block_sizes or BlockSizes.get_default(dv, strategy, dk)
     return Options(strategy=strategy, interpret=resolve_interpret(interpret, strategy),
-                   block=sizes.resolve_block_v(dv, strategy), num_warps=sizes.num_warps, num_stages=sizes.num_stages)
+                   block=sizes.resolve_block_v(dv, strategy), num_warps=sizes.num_warps, num_stages=sizes.num_stages,
+                   precision=sizes.precision)
 
 
 def state_pass(

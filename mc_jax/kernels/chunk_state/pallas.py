@@ -30,25 +30,25 @@ from jax.experimental.pallas import tpu as pltpu
 from mc_jax.kernels._common import compiler_params, dot
 
 
-def _step(i, s, k_ref, uh_ref, w_ref, dec_ref, starts_ref, u_ref):
+def _step(i, s, k_ref, uh_ref, w_ref, dec_ref, starts_ref, u_ref, precision):
     """One chunk (index ``i`` into the refs' chunk axis) from state ``s [dk, bv]``; returns the next state."""
     acc = s.dtype
     starts_ref[0, i] = s.astype(starts_ref.dtype)
     u = uh_ref[0, i].astype(acc)
     if w_ref is not None:
-        u = u - dot(w_ref[0, i].astype(acc), s, acc)
+        u = u - dot(w_ref[0, i].astype(acc), s, acc, precision)
     u_ref[0, i] = u.astype(u_ref.dtype)
-    return dec_ref[0, i].astype(acc) * s + dot(k_ref[0, i].astype(acc), u, acc)
+    return dec_ref[0, i].astype(acc) * s + dot(k_ref[0, i].astype(acc), u, acc, precision)
 
 
-def _kernel(*refs, has_w: bool, strategy: str, n_chunks: int):
+def _kernel(*refs, has_w: bool, strategy: str, n_chunks: int, precision: str):
     if has_w:
         k_ref, uh_ref, w_ref, dec_ref, s0_ref, starts_ref, u_ref, final_ref, *scratch = refs
     else:
         k_ref, uh_ref, dec_ref, s0_ref, starts_ref, u_ref, final_ref, *scratch = refs
         w_ref = None
     step = functools.partial(_step, k_ref=k_ref, uh_ref=uh_ref, w_ref=w_ref, dec_ref=dec_ref,
-                             starts_ref=starts_ref, u_ref=u_ref)
+                             starts_ref=starts_ref, u_ref=u_ref, precision=precision)
     if strategy == "gpu":
         s = jax.lax.fori_loop(0, n_chunks, lambda i, s: step(i, s), s0_ref[0].astype(final_ref.dtype))
         final_ref[0] = s
@@ -69,7 +69,7 @@ def _kernel(*refs, has_w: bool, strategy: str, n_chunks: int):
 
 
 def chunk_state_pallas(k_end_t, u_hat, w, decay, s0, *, block_v: int, strategy: str, interpret,
-                       num_warps: int = 4, num_stages: int = 1):
+                       num_warps: int = 4, num_stages: int = 1, precision: str = "highest"):
     """Run the kernel on kernel-layout inputs; returns ``(starts [R n dk dv], u [R n c dv], final [R dk dv])``."""
     rows, n, dk, c = k_end_t.shape
     dv = u_hat.shape[-1]
@@ -104,7 +104,7 @@ def chunk_state_pallas(k_end_t, u_hat, w, decay, s0, *, block_v: int, strategy: 
     nbytes = sum(x.size * x.dtype.itemsize for x in inputs) + sum(
         math.prod(o.shape) * o.dtype.itemsize for o in out_shape)
     return pl.pallas_call(
-        functools.partial(_kernel, has_w=has_w, strategy=strategy, n_chunks=n),
+        functools.partial(_kernel, has_w=has_w, strategy=strategy, n_chunks=n, precision=precision),
         out_shape=out_shape,
         grid=grid,
         in_specs=in_specs,
