@@ -216,9 +216,8 @@ class HloCost:
         self._memo[comp_name] = total
         return total
 
-    def largest_buffer(self) -> tuple[int, str, str]:
-        """``(bytes, shape text, instruction)`` of the largest array produced outside fusion bodies."""
-        best = (0, "", "")
+    def _materialised(self):
+        """``(dtype, dims text, dims, instruction)`` of every array produced outside fusion bodies."""
         for comp in self.comps.values():
             if comp.name in self.fused:
                 continue
@@ -226,10 +225,15 @@ class HloCost:
                 if ins.opcode in ("parameter", "get-tuple-element", "tuple", "bitcast", "constant"):
                     continue
                 for m in _SHAPE.finditer(ins.type_text):
-                    dims = tuple(int(d) for d in m.group(2).split(",") if d)
-                    nbytes = _elements(dims) * _BYTES[m.group(1)]
-                    if nbytes > best[0]:
-                        best = (nbytes, f"{m.group(1)}[{m.group(2)}]", ins.name)
+                    yield m.group(1), m.group(2), tuple(int(d) for d in m.group(2).split(",") if d), ins.name
+
+    def largest_buffer(self) -> tuple[int, str, str]:
+        """``(bytes, shape text, instruction)`` of the largest array produced outside fusion bodies."""
+        best = (0, "", "")
+        for dtype, text, dims, name in self._materialised():
+            nbytes = _elements(dims) * _BYTES[dtype]
+            if nbytes > best[0]:
+                best = (nbytes, f"{dtype}[{text}]", name)
         return best
 
     def square_arrays(self, t: int, heads: int) -> list[str]:
@@ -238,18 +242,8 @@ class HloCost:
         XLA merges and reorders axes, so the test is on size, not on axis names: a ``[h, T, m * dv]`` read block
         with ``m * dv = T`` (e.g. ``C = dv``) counts, as it costs exactly what a ``T x T`` score matrix would.
         """
-        found = set()
-        for comp in self.comps.values():
-            if comp.name in self.fused:
-                continue
-            for ins in comp.instrs:
-                if ins.opcode in ("parameter", "get-tuple-element", "tuple", "bitcast", "constant"):
-                    continue
-                for m in _SHAPE.finditer(ins.type_text):
-                    dims = [int(d) for d in m.group(2).split(",") if d]
-                    if _elements(dims) >= heads * t * t:
-                        found.add(f"{m.group(1)}[{m.group(2)}]")
-        return sorted(found)
+        return sorted({f"{dtype}[{text}]" for dtype, text, dims, _ in self._materialised()
+                       if _elements(dims) >= heads * t * t})
 
 
 def xla_flops(compiled) -> float | None:

@@ -6,12 +6,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import struct
+import sys
 import zlib
+from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from eval_helpers import tiny_config
 
 from mc_jax.data import MQARConfig, MQARSource, NIAHConfig, NIAHSource
 from mc_jax.eval import (
@@ -31,6 +32,9 @@ from mc_jax.eval.metrics import score_rows
 from mc_jax.eval.png import read_png_size
 from mc_jax.models import PureModel, create_model, generate
 from mc_jax.train import CheckpointError, train
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
+from train_helpers import tiny_config  # noqa: E402  (the tiny run config shared with tests/train and tests/parallel)
 
 
 @pytest.fixture(scope="module")

@@ -47,7 +47,7 @@ def test_auto_uses_no_kernel_on_cpu_and_pallas_uses_all():
     assert resolve_impl("pallas", linear, streaming=False) == KERNELS
     with pytest.warns(UserWarning, match="streaming form"):
         assert resolve_impl("pallas", linear, streaming=True) == frozenset()
-    assert resolve_impl("pallas", deep, streaming=False) == frozenset()  # warned once above in this process
+    assert resolve_impl("pallas", deep, streaming=False) == frozenset()  # (its warning is emitted once per process)
 
 
 def test_auto_on_gpu_uses_the_sparse_read_only_up_to_the_measured_head_dim(monkeypatch):

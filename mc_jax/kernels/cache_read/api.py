@@ -27,9 +27,7 @@ def _options(x, stack, strategy: str, interpret, block_q: int | None, block_size
         raise ValueError(f"block_q={block_q} disagrees with block_sizes.block_q={block_sizes.block_q}; pass one")
     sizes = block_sizes or BlockSizes()
     if block_q is not None:
-        if not isinstance(block_q, int) or block_q < 1:
-            raise ValueError(f"block_q must be a positive divisor of T={x.shape[1]}; got {block_q!r}")
-        sizes = dataclasses.replace(sizes, block_q=block_q)
+        sizes = dataclasses.replace(sizes, block_q=block_q)  # validated by BlockSizes
     strategy = resolve_strategy(strategy)
     bq, bv, warps, stages = sizes.resolve(x.shape[1], x.shape[-1], stack.shape[-1], strategy)
     return Options(strategy=strategy, interpret=resolve_interpret(interpret, strategy), block=bq, block_v=bv,
