@@ -24,7 +24,9 @@ MIXER_KINDS = ("mc", "none", "attention", "sliding_window")
 RECURRENT_KINDS = ("mc", "none")
 INITS = ("independent", "checkpoint")
 POOLS = ("mean", "sum")
+FEATURE_MAPS = ("silu", "identity", "relu")  # applied to the query / key projections before the l2 normalisation
 DTYPES = ("float32", "bfloat16", "float16")
+INPUTS = ("tokens", "pair_table")
 
 
 def _choice(name: str, value: object, options: tuple[str, ...]) -> None:
@@ -65,7 +67,11 @@ class MixerConfig:
         gates: gate projections the layer feeds the op; ``None`` = all gates the memory accepts (required and
             optional; e.g. ``delta`` gets ``beta`` and ``log_decay``, a gated delta rule).
         key_dim, value_dim: per-head widths ``Dk`` / ``Dv`` of the recurrent mixers; ``None`` = d_model // heads.
-        conv_width: width of the causal depthwise convolutions after the q/k/v projections.
+        conv_width: width of the causal depthwise convolutions after the q/k/v projections (1: a learned
+            per-channel scale, no mixing across positions).
+        feature_map: activation of the query and key projections before their l2 normalisation, one of
+            ``silu`` (GLA / Gated DeltaNet style, the default), ``identity`` (plain normalised linear attention:
+            keys spread over the whole sphere), ``relu``. Values always use ``silu``.
         window: attention window (tokens, the query included) of ``sliding_window`` layers.
         rope_theta: RoPE base of the attention layers.
         impl: implementation switch passed to ``memory_caching``.
@@ -85,6 +91,7 @@ class MixerConfig:
     key_dim: int | None = None
     value_dim: int | None = None
     conv_width: int = 4
+    feature_map: str = "silu"
     window: int | None = None
     rope_theta: float = 10000.0
     impl: str = "auto"
@@ -96,6 +103,7 @@ class MixerConfig:
         _choice("mixer.segmentation", self.segmentation, SEGMENTATIONS)
         _choice("mixer.init", self.init, INITS)
         _choice("mixer.pool", self.pool, POOLS)
+        _choice("mixer.feature_map", self.feature_map, FEATURE_MAPS)
         _choice("mixer.impl", self.impl, IMPLS)
         for name in ("segment_size", "expansion", "conv_width"):
             _positive(f"mixer.{name}", getattr(self, name))
@@ -162,6 +170,12 @@ class ModelConfig:
         dtype: compute dtype (activations, matmuls); params stay ``param_dtype`` and recurrent states float32.
         scan_layers: stack the layer units and run them with ``nnx.scan`` (one compilation of the unit).
         remat: rematerialise each unit in the backward pass (``nnx.remat``).
+        inputs: ``tokens`` (a learned embedding and LM head over ``vocab_size`` ids) or ``pair_table`` (stacked
+            MQAR, :mod:`mc_jax.layers.pair_table`): inputs are (key, value) pair codes embedded through frozen
+            unit-norm tables of ``num_keys`` keys and ``vocab_size`` values, logits are dot products with the
+            value table, so ``vocab_size`` counts values.
+        num_keys: ``pair_table`` only: rows of the frozen key table.
+        table_seed: ``pair_table`` only: seed of the frozen tables.
     """
 
     vocab_size: int = 32000
@@ -179,9 +193,15 @@ class ModelConfig:
     param_dtype: str = "float32"
     scan_layers: bool = True
     remat: bool = False
+    inputs: str = "tokens"
+    num_keys: int = 1024
+    table_seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "d_model", "num_layers", "num_heads", "mlp_multiple_of"):
+        _choice("inputs", self.inputs, INPUTS)
+        if isinstance(self.table_seed, bool) or not isinstance(self.table_seed, int) or self.table_seed < 0:
+            raise ValueError(f"table_seed must be a non-negative int; got {self.table_seed!r}")
+        for name in ("vocab_size", "d_model", "num_layers", "num_heads", "mlp_multiple_of", "num_keys"):
             _positive(name, getattr(self, name))
         for name in ("norm_eps", "init_std"):
             _positive(name, getattr(self, name), integer=False)
@@ -205,8 +225,18 @@ class ModelConfig:
             raise ValueError(
                 f"deep memory {self.mixer.memory!r} needs key_dim == value_dim; got {self.key_dim} and {self.value_dim}"
             )
+        if self.inputs == "pair_table" and self.input_vocab > 2**31 - 1:
+            raise ValueError(f"inputs='pair_table': num_keys * (vocab_size + 1) = {self.input_vocab} pair codes do not "
+                             "fit in int32; use smaller tables (num_keys, vocab_size)")
         if self.has_attention and (self.d_model // self.num_heads) % 2:
             raise ValueError(f"attention head dim {self.d_model // self.num_heads} must be even for RoPE")
+
+    @property
+    def input_vocab(self) -> int:
+        """Distinct input ids: ``vocab_size`` tokens, or ``num_keys * (vocab_size + 1)`` pair codes."""
+        if self.inputs == "tokens":
+            return self.vocab_size
+        return self.num_keys * (self.vocab_size + 1)
 
     @property
     def layer_pattern(self) -> tuple[str, ...]:
@@ -254,4 +284,4 @@ class ModelConfig:
         return dataclasses.replace(self, **changes)
 
 
-__all__ = ["DTYPES", "MIXER_KINDS", "MixerConfig", "ModelConfig", "RECURRENT_KINDS", "is_deep"]
+__all__ = ["DTYPES", "FEATURE_MAPS", "INPUTS", "MIXER_KINDS", "MixerConfig", "ModelConfig", "RECURRENT_KINDS", "is_deep"]

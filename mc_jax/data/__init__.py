@@ -1,6 +1,7 @@
 """Data layer: synthetic recall tasks (MQAR, S-NIAH), text corpora, tokenizers, grain pipelines.
 
-Every source is random access (``len(src)``, ``src[i]``) and returns
+Tasks: token MQAR (Zoology format), stacked MQAR (pairs given as frozen embeddings; a memory-capacity probe),
+RULER-style S-NIAH and packed text. Every source is random access (``len(src)``, ``src[i]``) and returns
 ``{"inputs": int32[L], "labels": int32[L]}`` with next-token targets and
 ``IGNORE_INDEX`` (-100) where there is no target. Synthetic examples are a pure
 function of ``(seed, index)``, so pipelines resume without stored files.
@@ -21,6 +22,15 @@ from mc_jax.data.niah import (
     generate_niah,
     masked_exact_match,
     masked_token_accuracy,
+)
+from mc_jax.data.stacked_mqar import (
+    StackedMQARConfig,
+    StackedMQARSource,
+    pair_codes,
+    pair_vocab,
+    query_key_positions,
+    split_pair_codes,
+    stacked_mqar_example,
 )
 from mc_jax.data.pipeline import PipelineConfig, build_dataset, make_dataset, make_iterator
 from mc_jax.data.text import (
@@ -45,6 +55,8 @@ __all__ = [
     "NIAHSource",
     "PackedTokenSource",
     "PipelineConfig",
+    "StackedMQARConfig",
+    "StackedMQARSource",
     "Tokenizer",
     "build_dataset",
     "depth_length_grid",
@@ -60,6 +72,11 @@ __all__ = [
     "masked_token_accuracy",
     "mqar_example",
     "pack_tokens",
+    "pair_codes",
+    "pair_vocab",
+    "query_key_positions",
+    "split_pair_codes",
+    "stacked_mqar_example",
     "read_text",
     "text_source",
     "train_val_split",

@@ -50,3 +50,29 @@ def check_index(index: int, length: int) -> int:
     if not 0 <= index < length:
         raise IndexError(f"index {index} out of range for a source of {length} examples")
     return index
+
+
+class SeededSource:
+    """Base of the synthetic random-access sources: ``source[i]`` is ``self.example(i)``, a pure function of
+    ``(config, seed, i)``; ``len(source)`` is ``num_examples``. Subclasses define :meth:`example`."""
+
+    def __init__(self, config, num_examples: int, seed: int = 0) -> None:
+        if num_examples < 1:
+            raise ValueError(f"num_examples must be >= 1, got {num_examples}.")
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}.")
+        self.config = config
+        self.num_examples = num_examples
+        self.seed = seed
+
+    def example(self, index: int) -> Example:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return self.num_examples
+
+    def __getitem__(self, index: int) -> Example:
+        return self.example(check_index(index, self.num_examples))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.config!r}, num_examples={self.num_examples}, seed={self.seed})"

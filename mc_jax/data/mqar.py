@@ -30,7 +30,7 @@ import functools
 
 import numpy as np
 
-from mc_jax.data.common import IGNORE_INDEX, Example, check_index, example_rng, stream_id
+from mc_jax.data.common import IGNORE_INDEX, Example, SeededSource, example_rng, stream_id
 
 _MQAR_STREAM = stream_id("mqar")
 
@@ -132,26 +132,11 @@ def mqar_example(config: MQARConfig, seed: int, index: int) -> Example:
     return generate_mqar(config, example_rng(_MQAR_STREAM, seed, index))
 
 
-class MQARSource:
+class MQARSource(SeededSource):
     """Random-access MQAR source: ``source[i]`` is ``mqar_example(config, seed, i)``.
 
     Use different seeds for train and test (Zoology draws them from disjoint ranges).
     """
 
-    def __init__(self, config: MQARConfig, num_examples: int, seed: int = 0) -> None:
-        if num_examples < 1:
-            raise ValueError(f"num_examples must be >= 1, got {num_examples}.")
-        if seed < 0:
-            raise ValueError(f"seed must be >= 0, got {seed}.")
-        self.config = config
-        self.num_examples = num_examples
-        self.seed = seed
-
-    def __len__(self) -> int:
-        return self.num_examples
-
-    def __getitem__(self, index: int) -> Example:
-        return mqar_example(self.config, self.seed, check_index(index, self.num_examples))
-
-    def __repr__(self) -> str:
-        return f"MQARSource({self.config!r}, num_examples={self.num_examples}, seed={self.seed})"
+    def example(self, index: int) -> Example:
+        return mqar_example(self.config, self.seed, index)

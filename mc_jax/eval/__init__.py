@@ -12,11 +12,14 @@ from mc_jax.eval.metrics import (
     niah_grid,
     niah_table,
     score_rows,
+    stacked_mqar_accuracy,
+    stacked_mqar_demo,
     text_perplexity,
 )
 from mc_jax.eval.png import heatmap_image, heatmap_png, write_png
 
 __all__ = [
     "EvalError", "LoadedRun", "generate_text", "heatmap_image", "heatmap_png", "load_checkpoint", "mqar_accuracy",
-    "mqar_demo", "niah_csv", "niah_demo", "niah_grid", "niah_table", "score_rows", "text_perplexity", "write_png",
+    "mqar_demo", "niah_csv", "niah_demo", "niah_grid", "niah_table", "score_rows", "stacked_mqar_accuracy", "stacked_mqar_demo", "text_perplexity",
+    "write_png",
 ]

@@ -5,7 +5,8 @@ one step directory. The model is rebuilt from the config stored in the checkpoin
 ``model.*`` overrides, the requested model config must equal the stored one, otherwise the checkpoint is refused.
 
 With no evaluation flag, the run's own task is evaluated (MQAR accuracy, NIAH grid or text perplexity) with a short
-demo (MQAR answers, a NIAH answer, or generated text). Results go to ``<run>/eval/`` (``--out`` to change): ``results.json``, and for NIAH
+demo (MQAR answers, a NIAH answer, or generated text). A stacked-MQAR run (``model.inputs=pair_table``) reports its
+accuracy by the context position of the queried pair too. Results go to ``<run>/eval/`` (``--out`` to change): ``results.json``, and for NIAH
 ``niah.md``, ``niah.csv`` and ``niah.png``.
 """
 
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mc_jax.data import MQARConfig, NIAHConfig
+from mc_jax.data import MQARConfig, NIAHConfig, StackedMQARConfig
 from mc_jax.eval.load import load_checkpoint
 from mc_jax.eval.metrics import (
     EvalError,
@@ -28,6 +29,8 @@ from mc_jax.eval.metrics import (
     niah_demo,
     niah_grid,
     niah_table,
+    stacked_mqar_accuracy,
+    stacked_mqar_demo,
     text_perplexity,
 )
 from mc_jax.eval.png import heatmap_png
@@ -54,9 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default=None, help="a preset the checkpoint's model config must match")
     p.add_argument("--text", default=None, help="perplexity on this text file (byte tokens)")
     p.add_argument("--seq-len", type=int, default=None, help="window length for --text (default: the run's)")
-    p.add_argument("--mqar", action="store_true", help="MQAR accuracy (the run's task settings unless overridden)")
-    p.add_argument("--mqar-kv", type=int, default=None)
-    p.add_argument("--mqar-len", type=int, default=None)
+    p.add_argument("--mqar", action="store_true",
+                   help="MQAR accuracy (stacked MQAR for a pair-table model; the run's task settings unless overridden)")
+    p.add_argument("--mqar-kv", type=int, default=None, help="key-value pairs per sequence")
+    p.add_argument("--mqar-len", type=int, default=None, help="token MQAR sequence length (stacked: 2 x kv)")
     p.add_argument("--examples", type=int, default=None, help="MQAR examples (default: the run's eval_examples)")
     p.add_argument("--niah", action="store_true", help="NIAH exact match over a depth x length grid")
     p.add_argument("--niah-lengths", default=None, help="comma-separated lengths (default: 1x,2x,4x train length)")
@@ -92,13 +96,15 @@ def _evaluate(run, args) -> int:
     task = run.config.train.task
     out_dir = Path(args.out) if args.out else run.run_dir / "eval"
     chosen = args.text or args.mqar or args.niah or args.generate is not None
-    do_mqar = args.mqar or (not chosen and task.kind == "mqar")
+    do_mqar = args.mqar or (not chosen and task.kind in ("mqar", "stacked_mqar"))
     do_niah = args.niah or (not chosen and task.kind == "niah")
     do_text = args.text is not None or (not chosen and task.kind == "text")
     print(f"checkpoint {run.run_dir} step {run.step}: {describe_model(run.config.model)} "
           f"({run.pure.num_params(run.state):,} params)")
     results: dict = {"checkpoint": str(run.run_dir), "step": run.step}
-    if do_mqar:
+    if do_mqar and run.config.model.inputs == "pair_table":
+        _stacked(run, args, task, results, demo=not chosen)
+    elif do_mqar:
         kind_ok = task.kind == "mqar"
         cfg = MQARConfig(vocab_size=task.vocab_size if kind_ok else min(run.config.model.vocab_size, 8192),
                          seq_len=args.mqar_len or (task.seq_len if kind_ok else 64),
@@ -157,6 +163,28 @@ def _evaluate(run, args) -> int:
     write_json_atomic(out_dir / "results.json", _plain(results))
     print(f"results: {out_dir / 'results.json'}")
     return 0
+
+
+def _stacked(run, args, task, results: dict, *, demo: bool) -> None:
+    """Stacked-MQAR accuracy (overall and per segment of context positions) of a pair-table model."""
+    model = run.config.model
+    if args.mqar_len is not None:
+        raise EvalError("--mqar-len does not apply to stacked MQAR (its length is 2 x pairs): use --mqar-kv")
+    kv = args.mqar_kv or (task.num_kv_pairs if task.kind == "stacked_mqar" else 32)
+    try:
+        cfg = StackedMQARConfig(num_kv_pairs=kv, num_keys=model.num_keys, num_values=model.vocab_size)
+    except ValueError as err:
+        raise EvalError(f"stacked MQAR with --mqar-kv {kv}: {err}") from None
+    bucket = model.mixer.segment_size
+    n = args.examples or task.eval_examples
+    r = stacked_mqar_accuracy(run.pure, run.state, cfg, num_examples=n, seed=task.eval_seed, bucket=bucket)
+    results["stacked_mqar"] = {**r, "num_kv_pairs": kv, "seq_len": cfg.seq_len}
+    print(f"stacked MQAR (kv={kv}, L={cfg.seq_len}, {cfg.num_keys} keys x {cfg.num_values} values, {n} sequences): "
+          f"accuracy {r['accuracy']:.2%}, all queries right {r['exact_match']:.2%}, loss {r['loss']:.4f}")
+    print(f"accuracy by the position of the queried pair in the context ({bucket} positions per bucket):")
+    print("  " + "  ".join(f"{b['positions'][0]}-{b['positions'][1]}: {b['accuracy']:.1%}" for b in r["by_position"]))
+    if demo:
+        print(stacked_mqar_demo(run.pure, run.state, cfg))
 
 
 def _plain(x):

@@ -3,6 +3,8 @@
 * :func:`text_perplexity`: next-token loss / perplexity / bits per byte on a text file (byte tokens, independent
   windows of ``seq_len``).
 * :func:`mqar_accuracy`: MQAR accuracy over query positions (Zoology's metric) and per-sequence exact match.
+* :func:`stacked_mqar_accuracy`: the same for stacked MQAR, plus accuracy by the context position (segment) where
+  the queried pair was written: the curve memory caching should flatten (EVALUATION.md, E1).
 * :func:`niah_grid`: NIAH exact match over a depth x length grid. Exact match is scored teacher-forced: the answer is
   right under greedy decoding iff every answer token is the argmax given the true previous answer tokens, so the
   two agree exactly (``decode=True`` runs the real greedy decoder instead, for checking).
@@ -29,6 +31,9 @@ from mc_jax.data import (
     NIAHConfig,
     NIAHSource,
     PackedTokenSource,
+    StackedMQARConfig,
+    StackedMQARSource,
+    query_key_positions,
     read_text,
 )
 from mc_jax.models import PureModel, generate
@@ -81,6 +86,9 @@ def score_rows(pure: PureModel, state: Any, rows: list[dict[str, np.ndarray]], b
 
 
 def _check_vocab(pure: PureModel, data_vocab: int, what: str) -> None:
+    if pure.config.inputs != "tokens":
+        raise EvalError(f"{what} feeds token ids, but this model reads (key, value) pair codes "
+                        f"(model.inputs={pure.config.inputs!r}); evaluate it on stacked MQAR (eval.py --mqar)")
     if data_vocab > pure.config.vocab_size:
         raise EvalError(f"vocabulary mismatch: {what} uses {data_vocab} token ids but the model's vocab_size is "
                         f"{pure.config.vocab_size}")
@@ -129,6 +137,70 @@ def mqar_demo(pure: PureModel, state: Any, config: MQARConfig, *, seed: int = 7,
     for t in np.flatnonzero(ex["labels"] != IGNORE_INDEX):
         ok = "ok" if pred[t] == ex["labels"][t] else "WRONG"
         lines.append(f"  query key {ex['inputs'][t]:>4d} at position {t:>3d}: predicted {pred[t]:>4d}, "
+                     f"true {ex['labels'][t]:>4d}  {ok}")
+    return "\n".join(lines)
+
+
+# ---- stacked MQAR ------------------------------------------------------------------------------------------------------
+def _check_pair_tables(pure: PureModel, config: StackedMQARConfig) -> None:
+    m = pure.config
+    if m.inputs != "pair_table":
+        raise EvalError(f"stacked MQAR feeds (key, value) pair codes, but this model reads token ids "
+                        f"(model.inputs={m.inputs!r}); use the token MQAR task for it")
+    if (m.num_keys, m.vocab_size) != (config.num_keys, config.num_values):
+        raise EvalError(f"vocabulary mismatch: the task has {config.num_keys} keys x {config.num_values} values, the "
+                        f"model's frozen tables {m.num_keys} x {m.vocab_size} (model.num_keys x model.vocab_size)")
+
+
+@partial(jax.jit, static_argnums=0)
+def _predict(pure: PureModel, state: Any, inputs: jax.Array) -> jax.Array:
+    return jnp.argmax(pure.apply(state, inputs), axis=-1)
+
+
+def stacked_mqar_accuracy(pure: PureModel, state: Any, config: StackedMQARConfig, *, num_examples: int = 512,
+                          seed: int = 1_000_003, batch_size: int = 64, bucket: int = 8) -> dict[str, Any]:
+    """Accuracy over the queries of ``num_examples`` stacked-MQAR sequences, exact match, loss, and
+    ``by_position``: accuracy of the queries whose pair was written at context positions ``[i, i + bucket)``, one
+    entry per bucket (with ``bucket`` = the model's segment size, the accuracy per cached segment)."""
+    _check_pair_tables(pure, config)
+    if bucket < 1:
+        raise EvalError(f"bucket must be a positive number of context positions; got {bucket}")
+    src = StackedMQARSource(config, num_examples, seed=seed)
+    rows = [src[i] for i in range(num_examples)]
+    s = score_rows(pure, state, rows, batch_size)
+    kv = config.num_kv_pairs
+    hits = np.zeros(kv)
+    seen = np.zeros(kv)
+    for inputs, labels in _rows_to_batches(rows, batch_size):
+        pred = np.asarray(_predict(pure, state, jnp.asarray(inputs)))
+        where = query_key_positions(inputs, config.num_values)
+        mask = labels != IGNORE_INDEX
+        np.add.at(hits, where[mask], pred[mask] == labels[mask])
+        np.add.at(seen, where[mask], 1)
+    by_position = []
+    for lo in range(0, kv, bucket):
+        n = seen[lo:lo + bucket].sum()
+        by_position.append({"positions": [lo, min(lo + bucket, kv) - 1], "queries": int(n),
+                            "accuracy": float(hits[lo:lo + bucket].sum() / n) if n else float("nan")})
+    return {"accuracy": s["accuracy"], "exact_match": s["exact_match"], "loss": s["loss"], "examples": num_examples,
+            "queries": s["tokens"], "by_position": by_position}
+
+
+def stacked_mqar_demo(pure: PureModel, state: Any, config: StackedMQARConfig, *, seed: int = 7, index: int = 0,
+                      max_queries: int = 8) -> str:
+    """One stacked-MQAR example: its first pairs and the model's answer at the first ``max_queries`` queries."""
+    _check_pair_tables(pure, config)
+    ex = StackedMQARSource(config, index + 1, seed=seed)[index]
+    pred = np.asarray(_predict(pure, state, jnp.asarray(ex["inputs"][None])))[0]
+    where = query_key_positions(ex["inputs"], config.num_values)
+    kv, nv = config.num_kv_pairs, config.num_values
+    keys, values = ex["inputs"][:kv] // (nv + 1), ex["inputs"][:kv] % (nv + 1) - 1
+    shown = min(kv, 8)
+    lines = ["context pairs (key->value): " + " ".join(f"{k}->{v}" for k, v in zip(keys[:shown], values[:shown]))
+             + (f" ... ({kv} pairs)" if kv > shown else "")]
+    for t in range(kv, kv + min(kv, max_queries)):
+        ok = "ok" if pred[t] == ex["labels"][t] else "WRONG"
+        lines.append(f"  query key {keys[where[t]]:>4d} (pair {where[t]:>2d}): predicted {pred[t]:>4d}, "
                      f"true {ex['labels'][t]:>4d}  {ok}")
     return "\n".join(lines)
 
@@ -221,5 +293,5 @@ def generate_text(pure: PureModel, state: Any, prompt: str, *, max_new_tokens: i
 
 __all__ = [
     "EvalError", "generate_text", "mqar_accuracy", "mqar_demo", "niah_csv", "niah_demo", "niah_grid", "niah_table",
-    "score_rows", "text_perplexity",
+    "score_rows", "stacked_mqar_accuracy", "stacked_mqar_demo", "text_perplexity",
 ]

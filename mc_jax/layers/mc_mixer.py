@@ -1,6 +1,7 @@
 """The Memory Caching token mixer (DESIGN.md section 4) and the base recurrent layer (kind ``none``).
 
-    q, k, v = conv4(silu(x W_q)), conv4(silu(x W_k)), conv4(silu(x W_v))    (causal depthwise convolutions)
+    q, k, v = conv4(phi(x W_q)), conv4(phi(x W_k)), conv4(silu(x W_v))      (causal depthwise convolutions)
+    (phi = mixer.feature_map, silu by default)
     q, k    = l2-normalised per head;  u = x W_u (grm / soup / ssc);  gates = act(x W_g + b_g) per head
     y       = memory_caching(q, k, v, u, gates, params=W_0)                 (mc_jax.ops; no math here)
     out     = W_o (RMSNorm_head(y) * silu(x W_gate))
@@ -27,6 +28,7 @@ from mc_jax.ops import MCCache, init_cache, memory_caching
 from mc_jax.parallel.shard_op import sharded_memory_caching
 from mc_jax.typing import Array, Float
 
+FEATURE_MAPS = {"silu": jax.nn.silu, "identity": lambda x: x, "relu": jax.nn.relu}
 LINEAR_BASE_CHUNK = 64  # inner chunk of a `none` layer over a linear memory (speed only; exact for any chunk)
 
 
@@ -118,8 +120,9 @@ class MCMixer(nnx.Module):
         b, t, _ = x.shape
         heads = lambda y, dim: y.reshape(b, t, self.heads, dim)
         states = (None, None, None) if cache is None else cache[:3]
-        q, sq = self.q_conv(jax.nn.silu(self.q_proj(x)), states[0])
-        k, sk = self.k_conv(jax.nn.silu(self.k_proj(x)), states[1])
+        phi = FEATURE_MAPS[self.settings.feature_map]
+        q, sq = self.q_conv(phi(self.q_proj(x)), states[0])
+        k, sk = self.k_conv(phi(self.k_proj(x)), states[1])
         v, sv = self.v_conv(jax.nn.silu(self.v_proj(x)), states[2])
         q, k, v = l2_normalize(heads(q, self.dk)), l2_normalize(heads(k, self.dk)), heads(v, self.dv)
         u = None if self.u_proj is None else heads(self.u_proj(x), self.dk)

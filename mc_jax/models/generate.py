@@ -62,7 +62,7 @@ def prefill(
 ) -> tuple[Float[Array, "b v"] | Float[Array, "b t v"], Cache]:
     """Feed a prompt (or any block of tokens) to ``cache``: the logits of the last token (``[B, V]``, or of every
     token ``[B, T, V]`` with ``all_logits``) and the updated cache. Jitted; checks the ids when concrete."""
-    check_tokens(tokens, pure.config.vocab_size)
+    check_tokens(tokens, pure.config.input_vocab)
     return _prefill(pure, state, tokens, cache, all_logits)
 
 
@@ -80,7 +80,7 @@ def decode(pure: PureModel, state: PyTree, token: Int[Array, " b"], cache: Cache
     """
     if jnp.ndim(token) != 1:
         raise ValueError(f"decode takes one token per row, shape [B]; got shape {jnp.shape(token)}")
-    check_tokens(jnp.asarray(token)[:, None] if is_concrete(token) else token[:, None], pure.config.vocab_size,
+    check_tokens(jnp.asarray(token)[:, None] if is_concrete(token) else token[:, None], pure.config.input_vocab,
                  name="token")
     return _decode(pure, state, token, cache)
 
@@ -136,6 +136,10 @@ def generate(
         ``[B, max(lengths) + max_new_tokens]`` int32: row ``b`` is its prompt, its ``max_new_tokens`` generated
         tokens, then ``pad_id``.
     """
+    if pure.config.inputs != "tokens":
+        raise ValueError(f"generate feeds each predicted token back as the next input; this model reads (key, value) "
+                         f"pair codes and predicts values (model.inputs={pure.config.inputs!r}), so there is nothing "
+                         "to generate: use prefill/decode to stream pairs through it")
     prompts = jnp.asarray(prompts)
     check_tokens(jnp.zeros(prompts.shape, prompts.dtype), pure.config.vocab_size, name="prompts")  # shape, dtype
     b, p = prompts.shape

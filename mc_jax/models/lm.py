@@ -19,6 +19,7 @@ from mc_jax.config import ModelConfig
 from mc_jax.layers.block import Unit
 from mc_jax.layers.mlp import dense
 from mc_jax.layers.norms import RMSNorm
+from mc_jax.layers.pair_table import PairTableIO
 from mc_jax.models.checks import check_tokens
 from mc_jax.parallel.rules import constrain
 from mc_jax.typing import Array, Float, Int
@@ -27,7 +28,8 @@ Cache = Any  # per unit: a tuple of mixer caches; stacked on a leading [units] a
 
 
 class LanguageModel(nnx.Module):
-    """Causal LM over ``config``; see the module docstring.
+    """Causal LM over ``config``; see the module docstring. With ``config.inputs == "pair_table"`` the embedding and
+    head are :class:`~mc_jax.layers.pair_table.PairTableIO` (stacked MQAR: pair codes in, value logits out).
 
     Call ``model(tokens)`` for float32 logits ``[B, T, V]``; ``model.forward(tokens, cache)`` to continue a
     decoding state from :meth:`init_cache` (returns ``(logits, cache)``).
@@ -36,8 +38,11 @@ class LanguageModel(nnx.Module):
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         self.config = config
         dtype, pdtype = jnp.dtype(config.dtype), jnp.dtype(config.param_dtype)
+        tokens = config.inputs == "tokens"
         self.embed = nnx.Embed(config.vocab_size, config.d_model, dtype=dtype, param_dtype=pdtype, rngs=rngs,
-                               embedding_init=nnx.initializers.normal(config.init_std))
+                               embedding_init=nnx.initializers.normal(config.init_std)) if tokens else None
+        # stacked MQAR: pair codes in, value logits out, through frozen tables (mc_jax.layers.pair_table)
+        self.pairs = None if tokens else PairTableIO(config, rngs=rngs)
         if config.scan_layers:
             @nnx.split_rngs(splits=config.num_units)
             @nnx.vmap(in_axes=(0,), out_axes=0)
@@ -48,7 +53,7 @@ class LanguageModel(nnx.Module):
         else:
             self.units = nnx.List([Unit(config, rngs=rngs) for _ in range(config.num_units)])
         self.norm = RMSNorm((config.d_model,), eps=config.norm_eps, dtype=dtype, param_dtype=pdtype)
-        self.head = None if config.tie_embeddings else dense(
+        self.head = None if config.tie_embeddings or not tokens else dense(
             config.d_model, config.vocab_size, rngs=rngs, std=config.init_std, dtype=dtype, param_dtype=pdtype)
 
     # ---- pieces ------------------------------------------------------------------------------------------------
@@ -63,13 +68,16 @@ class LanguageModel(nnx.Module):
         self, tokens: Int[Array, "b t"], cache: Cache | None = None
     ) -> tuple[Float[Array, "b t d"], Cache | None]:
         """Final-normed hidden states (and the updated cache when one is given)."""
-        check_tokens(tokens, self.config.vocab_size)
-        x = constrain(self.embed(tokens), ("batch", "seq", None))  # a no-op without a mesh
+        check_tokens(tokens, self.config.input_vocab)
+        x = self.embed(tokens) if self.pairs is None else self.pairs.embed(tokens)
+        x = constrain(x, ("batch", "seq", None))  # a no-op without a mesh
         x, cache = self._stack(x, cache)
         return self.norm(x), cache
 
     def logits(self, h: Float[Array, "... d"]) -> Float[Array, "... v"]:
-        """LM head (tied or not), float32 logits."""
+        """LM head (tied or not; the value table for ``pair_table`` inputs), float32 logits."""
+        if self.pairs is not None:
+            return self.pairs.logits(h)
         out = self.embed.attend(h) if self.head is None else self.head(h)
         return out.astype(jnp.float32)
 

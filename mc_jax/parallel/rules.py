@@ -47,6 +47,8 @@ RULES: dict[str, tuple[str, ...]] = {
 PARAM_AXES: dict[str, Logical] = {
     "embed/embedding": ("vocab", "embed"),
     "head/kernel": ("embed", "vocab"),
+    "pairs/in_proj/kernel": ("kv", "embed"),  # stacked MQAR: [key_emb ; value_emb] (2 d_model) -> d_model
+    "pairs/out_proj/kernel": ("embed", "kv"),  # d_model -> the frozen value table's width
     "q_proj/kernel": ("embed", "heads"),
     "k_proj/kernel": ("embed", "heads"),
     "v_proj/kernel": ("embed", "heads"),

@@ -25,6 +25,7 @@ from mc_jax.parallel.distributed import initialize_from_env
 from mc_jax.train.checkpoint import CheckpointError, read_run_file, write_json_atomic
 from mc_jax.train.config import (
     DEFAULT_PRESET,
+    RECALL_TASKS,
     RESUMABLE_CHANGES,
     RunConfig,
     baseline_config,
@@ -102,20 +103,22 @@ def resolve_configs(args: argparse.Namespace) -> list[tuple[str, RunConfig, Path
 
 def format_table(results: list[tuple[str, TrainResult]]) -> str:
     task = results[0][1].config.train.task
-    metric = "MQAR acc" if task.kind == "mqar" else ("exact" if task.kind == "niah" else "val ppl")
+    recall = task.kind in RECALL_TASKS
+    metric = "recall acc" if recall else ("exact" if task.kind == "niah" else "val ppl")
     head = f"{'run':9s} {'model':48s} {'params':>8s} {'eval loss':>9s} {metric:>9s} {'tok/s':>8s} {'train s':>8s}"
     lines = [head, "-" * len(head)]
     for name, r in results:
         ev = r.final_eval
-        value = (f"{ev['accuracy']:.1%}" if task.kind == "mqar" else
+        value = (f"{ev['accuracy']:.1%}" if recall else
                  f"{ev['exact_match']:.1%}" if task.kind == "niah" else f"{ev['perplexity']:.3f}")
         lines.append(f"{name:9s} {describe_model(r.config.model)[:48]:48s} {r.num_params:>8,d} {ev['loss']:>9.4f} "
                      f"{value:>9s} {r.tokens_per_s:>8,.0f} {r.train_seconds:>8.1f}")
-    if len(results) == 2 and task.kind == "mqar":
+    if len(results) == 2 and recall:
         a, b = results[0][1].final_eval["accuracy"], results[1][1].final_eval["accuracy"]
         ratio = f"{a / b:.2f}x" if b > 0 else "inf"
         lines.append(f"memory caching: {a:.1%} vs {b:.1%} without caching ({ratio}, {100 * (a - b):+.1f} points) "
-                     f"on {task.eval_examples} held-out MQAR sequences (L={task.seq_len}, kv={task.num_kv_pairs})")
+                     f"on {task.eval_examples} held-out {'stacked ' if task.kind == 'stacked_mqar' else ''}MQAR sequences "
+                     f"(L={task.seq_len}, kv={task.num_kv_pairs})")
     return "\n".join(lines)
 
 

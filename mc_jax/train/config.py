@@ -19,7 +19,8 @@ from mc_jax.config import MIXER_KINDS, MixerConfig, ModelConfig
 from mc_jax.configs_util import apply_overrides, from_dict, load_preset, to_dict
 from mc_jax.parallel.mesh import MeshConfig
 
-TASKS = ("mqar", "text", "niah")
+TASKS = ("mqar", "stacked_mqar", "text", "niah")
+RECALL_TASKS = ("mqar", "stacked_mqar")  # scored by accuracy over query positions
 BYTE_VOCAB = 256  # the byte tokenizer (text) and the NIAH task use bytes
 DEFAULT_PRESET = "train_tiny_mqar"
 
@@ -46,11 +47,15 @@ class TaskConfig:
     """What to train on.
 
     Attributes:
-        kind: ``mqar`` (token multi-query associative recall, Zoology format), ``text`` (next-byte prediction on a
-            text file) or ``niah`` (byte-level single-needle-in-a-haystack; loss on the answer only).
-        seq_len: tokens per training sequence.
+        kind: ``mqar`` (token multi-query associative recall, Zoology format), ``stacked_mqar`` (the pairs given
+            as frozen embeddings, :mod:`mc_jax.data.stacked_mqar`; needs ``model.inputs=pair_table``), ``text``
+            (next-byte prediction on a text file) or ``niah`` (byte-level single-needle-in-a-haystack; loss on the
+            answer only).
+        seq_len: tokens per training sequence (``stacked_mqar``: must be ``2 * num_kv_pairs``).
         vocab_size: MQAR vocabulary ``V`` (keys ``[1, V/2)``, values ``[V/2, V)``); must not exceed the model's.
+            ``stacked_mqar``: the number of values (answer classes), equal to ``model.vocab_size``.
         num_kv_pairs: MQAR key-value pairs per sequence.
+        num_keys: ``stacked_mqar``: rows of the frozen key table, equal to ``model.num_keys``.
         power_a: MQAR query-gap power law (Zoology 0.01).
         random_non_queries: MQAR fills the non-query positions with random tokens (Zoology default).
         eval_examples: fixed held-out examples (MQAR / NIAH) scored at every evaluation.
@@ -65,6 +70,7 @@ class TaskConfig:
     seq_len: int = 64
     vocab_size: int = 256
     num_kv_pairs: int = 8
+    num_keys: int = 1024
     power_a: float = 0.01
     random_non_queries: bool = True
     eval_examples: int = 512
@@ -78,20 +84,36 @@ class TaskConfig:
     def __post_init__(self) -> None:
         if self.kind not in TASKS:
             raise ValueError(f"train.task.kind={self.kind!r} is not one of {list(TASKS)}")
-        for name in ("seq_len", "vocab_size", "num_kv_pairs", "eval_examples"):
+        for name in ("seq_len", "vocab_size", "num_kv_pairs", "num_keys", "eval_examples"):
             _positive(f"train.task.{name}", getattr(self, name))
         _positive("train.task.eval_seed", self.eval_seed, zero_ok=True)
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"train.task.val_fraction must be in (0, 1); got {self.val_fraction}")
         if self.kind == "mqar":
             self.mqar_config()  # MQAR's own checks (even length, V > L, room for the pairs)
+        if self.kind == "stacked_mqar":
+            self.stacked_mqar_config()
         if self.kind == "niah":
             self.niah_config()
 
     @property
     def data_vocab(self) -> int:
-        """Token ids the data can produce (ids lie in ``[0, data_vocab)``)."""
+        """Input ids the data can produce (ids lie in ``[0, data_vocab)``)."""
+        if self.kind == "stacked_mqar":
+            return self.stacked_mqar_config().input_vocab
         return self.vocab_size if self.kind == "mqar" else BYTE_VOCAB
+
+    def stacked_mqar_config(self):
+        from mc_jax.data import StackedMQARConfig
+
+        if self.seq_len != 2 * self.num_kv_pairs:
+            raise ValueError(f"train.task (stacked_mqar): seq_len must be 2 * num_kv_pairs = {2 * self.num_kv_pairs} "
+                             f"(kv context pairs, then kv queries); got seq_len={self.seq_len}")
+        try:
+            return StackedMQARConfig(num_kv_pairs=self.num_kv_pairs, num_keys=self.num_keys,
+                                     num_values=self.vocab_size)
+        except ValueError as err:
+            raise ValueError(f"train.task (stacked_mqar): {err}") from None
 
     def mqar_config(self):
         from mc_jax.data import MQARConfig
@@ -182,7 +204,7 @@ class TrainConfig:
             raise ValueError("train.out_dir must not be empty")
         if not isinstance(self.task, TaskConfig):
             raise ValueError(f"train.task must be a TaskConfig; got {type(self.task).__name__}")
-        if self.task.kind in ("mqar", "niah") and self.task.eval_seed == self.seed:
+        if self.task.kind != "text" and self.task.eval_seed == self.seed:
             raise ValueError(f"train.task.eval_seed ({self.task.eval_seed}) must differ from train.seed (the "
                              "held-out examples would be training examples)")
 
@@ -215,7 +237,20 @@ class RunConfig:
             raise ValueError(f"mesh must be a MeshConfig; got {type(self.mesh).__name__}")
         self.mesh.check_model(self.model)
         self.mesh.check_batch(self.train.micro_batch)
-        data_vocab, model_vocab = self.train.task.data_vocab, self.model.vocab_size
+        task, model = self.train.task, self.model
+        if (task.kind == "stacked_mqar") != (model.inputs == "pair_table"):
+            raise ValueError(f"train.task.kind={task.kind!r} needs "
+                             f"model.inputs={'pair_table' if task.kind == 'stacked_mqar' else 'tokens'!r}; got "
+                             f"model.inputs={model.inputs!r} (stacked MQAR feeds (key, value) pairs through frozen "
+                             "tables, every other task feeds token ids)")
+        if task.kind == "stacked_mqar":
+            for name in ("num_keys", "vocab_size"):
+                if getattr(task, name) != getattr(model, name):
+                    raise ValueError(f"vocabulary mismatch: train.task.{name}={getattr(task, name)} but "
+                                     f"model.{name}={getattr(model, name)}; the frozen tables of the model must have "
+                                     "the task's keys and values: set both to the same value")
+            return
+        data_vocab, model_vocab = task.data_vocab, model.vocab_size
         if data_vocab > model_vocab:
             source = (f"the MQAR task uses ids up to train.task.vocab_size={data_vocab}"
                       if self.train.task.kind == "mqar" else f"the {self.train.task.kind!r} task uses byte ids (256)")
@@ -318,7 +353,7 @@ def describe_model(model: ModelConfig) -> str:
 
 
 __all__ = [
-    "BYTE_VOCAB", "DEFAULT_PRESET", "RESUMABLE_CHANGES", "RunConfig", "TASKS", "TaskConfig", "TrainConfig",
+    "BYTE_VOCAB", "DEFAULT_PRESET", "RECALL_TASKS", "RESUMABLE_CHANGES", "RunConfig", "TASKS", "TaskConfig", "TrainConfig",
     "baseline_config", "config_diff", "config_from_dict", "config_to_dict", "describe_model", "flat_dict",
     "load_run_config",
 ]

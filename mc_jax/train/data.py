@@ -18,6 +18,7 @@ from mc_jax.data import (
     MQARSource,
     NIAHSource,
     PackedTokenSource,
+    StackedMQARSource,
     load_tiny_corpus,
     make_dataset,
     make_iterator,
@@ -81,15 +82,22 @@ def build_task_data(config: RunConfig, eval_batch_size: int | None = None,
     if train.batch_size % count:
         raise DataError(f"train.batch_size={train.batch_size} does not split into {count} per-process data shards")
     eval_bs = eval_batch_size or max(train.micro_batch, 32)
-    if task.data_vocab > config.model.vocab_size:  # RunConfig checks this too; keep the error here for direct use
-        raise DataError(f"vocabulary mismatch: the data uses {task.data_vocab} ids, the model has "
-                        f"model.vocab_size={config.model.vocab_size}")
+    if task.data_vocab > config.model.input_vocab:  # RunConfig checks this too; keep the error here for direct use
+        raise DataError(f"vocabulary mismatch: the data uses {task.data_vocab} ids, the model reads "
+                        f"{config.model.input_vocab} (model.vocab_size={config.model.vocab_size})")
     if task.kind == "mqar":
         mqar = task.mqar_config()
         source = MQARSource(mqar, SYNTHETIC_TRAIN_EXAMPLES, seed=train.seed)
         held = MQARSource(mqar, task.eval_examples, seed=task.eval_seed)
         desc = (f"MQAR L={task.seq_len} kv={task.num_kv_pairs} V={task.vocab_size} "
                 f"(eval: {task.eval_examples} fixed examples)")
+        shuffle = False
+    elif task.kind == "stacked_mqar":
+        stacked = task.stacked_mqar_config()
+        source = StackedMQARSource(stacked, SYNTHETIC_TRAIN_EXAMPLES, seed=train.seed)
+        held = StackedMQARSource(stacked, task.eval_examples, seed=task.eval_seed)
+        desc = (f"stacked MQAR kv={task.num_kv_pairs} (L={task.seq_len}), {task.num_keys} keys x {task.vocab_size} "
+                f"values (eval: {task.eval_examples} fixed examples)")
         shuffle = False
     elif task.kind == "niah":
         source = NIAHSource(task.niah_config(), SYNTHETIC_TRAIN_EXAMPLES, seed=train.seed)

@@ -26,8 +26,12 @@ def causal_conv(x, kernel):  # x [b, t, c], kernel [w, c]
                                         dimension_numbers=("NWC", "WIO", "NWC"), feature_group_count=x.shape[-1])
 
 
+PHI = {"silu": jax.nn.silu, "identity": lambda y: y, "relu": jax.nn.relu}  # the query / key feature maps
+
+
 def reference_logits(p, toks, cfg):
     m, h, d = cfg.mixer, cfg.num_heads, cfg.d_model // cfg.num_heads
+    phi = PHI[m.feature_map]
     x = p["embed"]["embedding"][toks]
     b, t, _ = x.shape
     for layer in range(cfg.num_layers):
@@ -37,8 +41,8 @@ def reference_logits(p, toks, cfg):
         proj = lambda name: xn @ mp[name]["kernel"]
         heads = lambda y: y.reshape(b, t, h, d)
         l2 = lambda y: y / jnp.sqrt(jnp.sum(y * y, -1, keepdims=True) + 1e-6)
-        q = l2(heads(causal_conv(jax.nn.silu(proj("q_proj")), mp["q_conv"]["kernel"])))
-        k = l2(heads(causal_conv(jax.nn.silu(proj("k_proj")), mp["k_conv"]["kernel"])))
+        q = l2(heads(causal_conv(phi(proj("q_proj")), mp["q_conv"]["kernel"])))
+        k = l2(heads(causal_conv(phi(proj("k_proj")), mp["k_conv"]["kernel"])))
         v = heads(causal_conv(jax.nn.silu(proj("v_proj")), mp["v_conv"]["kernel"]))
         z = (xn @ mp["gates"]["proj"]["kernel"] + mp["gates"]["proj"]["bias"]).reshape(b, t, len(m.gate_names), h)
         gates = {name: GATES[name].activation(z[:, :, i]) for i, name in enumerate(m.gate_names)}
@@ -51,8 +55,9 @@ def reference_logits(p, toks, cfg):
     return rms(x, p["norm"]["scale"]) @ p["embed"]["embedding"].T
 
 
-def test_forward_equals_hand_composed_reference():
-    cfg = tiny(num_layers=2, memory="gated_linear", aggregation="grm", segment_size=5)
+@pytest.mark.parametrize("feature_map", ["silu", "identity"])
+def test_forward_equals_hand_composed_reference(feature_map):
+    cfg = tiny(num_layers=2, memory="gated_linear", aggregation="grm", segment_size=5, feature_map=feature_map)
     pure, state = PureModel.create(cfg, seed=3)
     toks = tokens(2, 13, seed=4)
     params = nnx.to_pure_dict(nnx.state(pure.merge(state), nnx.Param))
