@@ -1,5 +1,23 @@
-"""Stacked MQAR (pairs given as frozen embeddings, :mod:`mc_jax.data.stacked_mqar`): one MC layer over a linear
-memory with GRM over independent segments of 8 pairs, against the same layer without caching."""
+"""Stacked MQAR (the pairs given as frozen unit-norm embeddings, :mod:`mc_jax.data.stacked_mqar`; Zoology's
+"continuous" MQAR): one MC layer (linear memory, GRM over independent segments of 8 positions) against the same layer
+without caching, d_model 32, one head (a 32 x 32 state), 32 pairs per sequence (L = 64), 1024 keys x 1024 values.
+
+    python train.py --preset train_stacked_mqar                     # both models, ~4 min each on a 2-core CPU
+    python eval.py runs/stacked_mqar/main                           # accuracy by the position of the queried pair
+
+Choices (measured on the 2-core CPU, see the issue-4 notes): a short convolution of width 1 (a per-channel scale:
+wider ones mix neighbouring pairs into every query and key), init_std 0.1 (with the default 0.02 neither model left
+chance in 800 steps at d_model 32), silu features (identity features left seed 1 at chance), and training sequences
+with 4 to 32 pairs (``min_kv_pairs``: the short ones give a strong signal early, so every seed leaves the initial
+plateau within ~500 steps instead of 500-1000; held-out sequences always have 32 pairs).
+
+Measured (2000 steps x 64 sequences, held-out accuracy, caching vs the same layer without): seed 0 45.9% vs 27.0%;
+seed 1 39.9% vs 32.7% (uncached run stopped at step 1500); seed 2 0.5% vs 26.8% (the cached layer never left
+chance). Without the curriculum, 3000 steps: 60.7% vs 48.1% (seed 0), 46.0% vs 41.0% (seed 1). Variants dropped:
+key_dim 8 (cached layer at chance on seeds 0 and 1), 2 heads (35.0% vs 28.9%, seed 0), 64 pairs / L=128 with
+segments of 16 and 32 sequences per step (16.0% vs 6.0% on seed 0, but 12% and 4.4% for the cached layer on seeds
+1 and 2), init_std 0.2 (slower than 0.1).
+"""
 
 from mc_jax.config import MixerConfig, ModelConfig
 from mc_jax.train.config import RunConfig, TaskConfig, TrainConfig
@@ -12,12 +30,13 @@ CONFIG = RunConfig(
         d_model=32,
         num_layers=1,
         num_heads=1,
+        init_std=0.1,
         scan_layers=False,
         mixer=MixerConfig(kind="mc", memory="linear", aggregation="grm", segmentation="constant", segment_size=8,
-                          init="independent"),
+                          init="independent", conv_width=1),
     ),
     train=TrainConfig(
-        steps=1500,
+        steps=2000,
         lr=3e-3,
         warmup=100,
         batch_size=64,
@@ -27,6 +46,6 @@ CONFIG = RunConfig(
         seed=0,
         baseline="none",
         task=TaskConfig(kind="stacked_mqar", seq_len=64, vocab_size=1024, num_keys=1024, num_kv_pairs=32,
-                        eval_examples=512),
+                        min_kv_pairs=4, eval_examples=512),
     ),
 )

@@ -19,6 +19,11 @@ means "no value"); :func:`split_pair_codes` inverts it. The frozen tables live w
 (:mod:`mc_jax.layers.pair_table`); the data only names rows. Keys are drawn without replacement from
 ``[0, num_keys)`` and values without replacement from ``[0, num_values)`` per sequence, so chance is
 ``1 / num_values`` and every query has exactly one right answer.
+
+With ``min_kv_pairs < num_kv_pairs`` every example draws its own number of pairs ``n`` uniformly from
+``[min_kv_pairs, num_kv_pairs]`` (a curriculum in the spirit of Zoology's mixture of kv sizes: sequences with few
+pairs give a strong learning signal early); its ``2n`` positions come first and the rest of the ``2 kv`` positions are
+query codes of key 0 without labels (they come after every labelled position, so a causal model never reads them).
 """
 
 from __future__ import annotations
@@ -41,17 +46,23 @@ class StackedMQARConfig:
         num_kv_pairs: ``kv`` pairs per sequence (each queried once); the sequence length is ``2 kv``.
         num_keys: rows of the frozen key table.
         num_values: rows of the frozen value table (the number of answer classes).
+        min_kv_pairs: fewest pairs of an example (``None`` = always ``num_kv_pairs``); see the module docstring.
     """
 
     num_kv_pairs: int = 32
     num_keys: int = 1024
     num_values: int = 1024
+    min_kv_pairs: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("num_kv_pairs", "num_keys", "num_values"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}.")
+        if self.min_kv_pairs is not None and (isinstance(self.min_kv_pairs, bool) or not isinstance(
+                self.min_kv_pairs, int) or not 1 <= self.min_kv_pairs <= self.num_kv_pairs):
+            raise ValueError(f"min_kv_pairs must be an int in [1, num_kv_pairs={self.num_kv_pairs}] or None, got "
+                             f"{self.min_kv_pairs!r}.")
         if self.input_vocab > MAX_PAIR_CODES:
             raise ValueError(f"num_keys * (num_values + 1) = {self.input_vocab} pair codes do not fit in int32 "
                              f"(at most {MAX_PAIR_CODES}); use smaller tables.")
@@ -88,12 +99,16 @@ def split_pair_codes(codes, num_values: int):
 def generate_stacked_mqar(config: StackedMQARConfig, rng: np.random.Generator) -> Example:
     """Draw one stacked MQAR example from ``rng``; see the module docstring for the layout."""
     kv = config.num_kv_pairs
+    if config.min_kv_pairs is not None and config.min_kv_pairs < kv:
+        kv = int(rng.integers(config.min_kv_pairs, config.num_kv_pairs + 1))
     keys = rng.choice(config.num_keys, size=kv, replace=False)
     values = rng.choice(config.num_values, size=kv, replace=False)
     order = rng.permutation(kv)
+    pad = config.seq_len - 2 * kv  # unlabelled key-0 queries after everything labelled
     inputs = np.concatenate([pair_codes(keys, values, config.num_values),
-                             pair_codes(keys[order], np.full(kv, -1), config.num_values)])
-    labels = np.concatenate([np.full(kv, IGNORE_INDEX), values[order]]).astype(np.int32)
+                             pair_codes(keys[order], np.full(kv, -1), config.num_values),
+                             pair_codes(np.zeros(pad, np.int64), np.full(pad, -1), config.num_values)])
+    labels = np.concatenate([np.full(kv, IGNORE_INDEX), values[order], np.full(pad, IGNORE_INDEX)]).astype(np.int32)
     return {"inputs": inputs.astype(np.int32), "labels": labels}
 
 

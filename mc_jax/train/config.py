@@ -56,6 +56,9 @@ class TaskConfig:
             ``stacked_mqar``: the number of values (answer classes), equal to ``model.vocab_size``.
         num_kv_pairs: MQAR key-value pairs per sequence.
         num_keys: ``stacked_mqar``: rows of the frozen key table, equal to ``model.num_keys``.
+        min_kv_pairs: ``stacked_mqar``: training examples draw their number of pairs from
+            ``[min_kv_pairs, num_kv_pairs]`` (0 = always ``num_kv_pairs``); held-out examples always have
+            ``num_kv_pairs``.
         power_a: MQAR query-gap power law (Zoology 0.01).
         random_non_queries: MQAR fills the non-query positions with random tokens (Zoology default).
         eval_examples: fixed held-out examples (MQAR / NIAH) scored at every evaluation.
@@ -71,6 +74,7 @@ class TaskConfig:
     vocab_size: int = 256
     num_kv_pairs: int = 8
     num_keys: int = 1024
+    min_kv_pairs: int = 0
     power_a: float = 0.01
     random_non_queries: bool = True
     eval_examples: int = 512
@@ -87,12 +91,13 @@ class TaskConfig:
         for name in ("seq_len", "vocab_size", "num_kv_pairs", "num_keys", "eval_examples"):
             _positive(f"train.task.{name}", getattr(self, name))
         _positive("train.task.eval_seed", self.eval_seed, zero_ok=True)
+        _positive("train.task.min_kv_pairs", self.min_kv_pairs, zero_ok=True)
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"train.task.val_fraction must be in (0, 1); got {self.val_fraction}")
         if self.kind == "mqar":
             self.mqar_config()  # MQAR's own checks (even length, V > L, room for the pairs)
         if self.kind == "stacked_mqar":
-            self.stacked_mqar_config()
+            self.stacked_mqar_config(train=True)
         if self.kind == "niah":
             self.niah_config()
 
@@ -103,7 +108,8 @@ class TaskConfig:
             return self.stacked_mqar_config().input_vocab
         return self.vocab_size if self.kind == "mqar" else BYTE_VOCAB
 
-    def stacked_mqar_config(self):
+    def stacked_mqar_config(self, *, train: bool = False):
+        """The stacked-MQAR task; ``train=True``: with the ``min_kv_pairs`` curriculum (held-out: fixed size)."""
         from mc_jax.data import StackedMQARConfig
 
         if self.seq_len != 2 * self.num_kv_pairs:
@@ -111,7 +117,8 @@ class TaskConfig:
                              f"(kv context pairs, then kv queries); got seq_len={self.seq_len}")
         try:
             return StackedMQARConfig(num_kv_pairs=self.num_kv_pairs, num_keys=self.num_keys,
-                                     num_values=self.vocab_size)
+                                     num_values=self.vocab_size,
+                                     min_kv_pairs=(self.min_kv_pairs or None) if train else None)
         except ValueError as err:
             raise ValueError(f"train.task (stacked_mqar): {err}") from None
 

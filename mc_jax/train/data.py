@@ -93,11 +93,11 @@ def build_task_data(config: RunConfig, eval_batch_size: int | None = None,
                 f"(eval: {task.eval_examples} fixed examples)")
         shuffle = False
     elif task.kind == "stacked_mqar":
-        stacked = task.stacked_mqar_config()
-        source = StackedMQARSource(stacked, SYNTHETIC_TRAIN_EXAMPLES, seed=train.seed)
-        held = StackedMQARSource(stacked, task.eval_examples, seed=task.eval_seed)
-        desc = (f"stacked MQAR kv={task.num_kv_pairs} (L={task.seq_len}), {task.num_keys} keys x {task.vocab_size} "
-                f"values (eval: {task.eval_examples} fixed examples)")
+        source = StackedMQARSource(task.stacked_mqar_config(train=True), SYNTHETIC_TRAIN_EXAMPLES, seed=train.seed)
+        held = StackedMQARSource(task.stacked_mqar_config(), task.eval_examples, seed=task.eval_seed)
+        kv = f"{task.min_kv_pairs}-{task.num_kv_pairs}" if 0 < task.min_kv_pairs < task.num_kv_pairs else ""
+        desc = (f"stacked MQAR kv={task.num_kv_pairs} (L={task.seq_len}{', training kv=' + kv if kv else ''}), "
+                f"{task.num_keys} keys x {task.vocab_size} values (eval: {task.eval_examples} fixed examples)")
         shuffle = False
     elif task.kind == "niah":
         source = NIAHSource(task.niah_config(), SYNTHETIC_TRAIN_EXAMPLES, seed=train.seed)

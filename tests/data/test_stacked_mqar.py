@@ -221,3 +221,33 @@ def test_token_mqar_source_is_unchanged_by_the_shared_base():
     with pytest.raises(IndexError, match="out of range"):
         src[6]
     assert repr(src) == f"MQARSource({cfg!r}, num_examples=6, seed=4)"
+
+
+# ---- the min_kv_pairs curriculum -------------------------------------------------------------------------------------
+def test_curriculum_examples_are_shorter_examples_padded_without_labels():
+    cfg = StackedMQARConfig(num_kv_pairs=6, num_keys=20, num_values=20, min_kv_pairs=2)
+    src = StackedMQARSource(cfg, num_examples=200, seed=5)
+    sizes = set()
+    for i in range(len(src)):
+        ex = src[i]
+        n = int(np.sum(ex["labels"] != IGNORE_INDEX))
+        sizes.add(n)
+        assert ex["inputs"].shape == ex["labels"].shape == (12,)
+        short = StackedMQARConfig(num_kv_pairs=n, num_keys=20, num_values=20)
+        _check_structure(short, {"inputs": ex["inputs"][:2 * n], "labels": ex["labels"][:2 * n]})
+        assert np.all(ex["labels"][2 * n:] == IGNORE_INDEX)
+        assert np.all(ex["inputs"][2 * n:] == 0), "padding = key 0 without a value"
+    assert sizes == set(range(2, 7)), "every size in [min_kv_pairs, num_kv_pairs] occurs"
+    # min_kv_pairs == num_kv_pairs (or None) is the fixed-size task, example for example
+    fixed = StackedMQARConfig(num_kv_pairs=6, num_keys=20, num_values=20)
+    same = StackedMQARConfig(num_kv_pairs=6, num_keys=20, num_values=20, min_kv_pairs=6)
+    for i in range(5):
+        a, b = stacked_mqar_example(fixed, 1, i), stacked_mqar_example(same, 1, i)
+        np.testing.assert_array_equal(a["inputs"], b["inputs"])
+        np.testing.assert_array_equal(a["labels"], b["labels"])
+
+
+@pytest.mark.parametrize("bad", [0, 7, -1, 2.5, True])
+def test_curriculum_validation(bad):
+    with pytest.raises(ValueError, match="min_kv_pairs must be an int in"):
+        StackedMQARConfig(num_kv_pairs=6, num_keys=20, num_values=20, min_kv_pairs=bad)

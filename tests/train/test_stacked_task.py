@@ -151,3 +151,17 @@ def test_format_table_for_a_stacked_task_with_a_baseline():
     assert token_table.splitlines()[-1].endswith("(inf, +50.0 points) on 8 held-out MQAR sequences (L=16, kv=2)")
     # one run: no comparison line
     assert "memory caching" not in format_table([("main", _result(main, 0.5, "m"))])
+
+
+def test_curriculum_applies_to_training_examples_only():
+    config = stacked_config("train.task.min_kv_pairs=1", "train.batch_size=64")
+    data = build_task_data(config)
+    labelled = (next(data.iterator())["labels"] != -100).sum(axis=1)
+    assert labelled.min() >= 1 and labelled.max() <= 4 and len(set(labelled.tolist())) > 1
+    held = np.concatenate([(b["labels"] != -100).sum(axis=1) for b in data.eval_batches])
+    assert np.all(held == 4), "held-out sequences always have num_kv_pairs pairs"
+    assert "training kv=1-4" in data.description
+    with pytest.raises(ValueError, match="train.task.min_kv_pairs must be a non-negative int"):
+        stacked_config("train.task.min_kv_pairs=-1")
+    with pytest.raises(ValueError, match=r"min_kv_pairs must be an int in \[1, num_kv_pairs=4\]"):
+        stacked_config("train.task.min_kv_pairs=5")
