@@ -24,6 +24,7 @@ MIXER_KINDS = ("mc", "none", "attention", "sliding_window")
 RECURRENT_KINDS = ("mc", "none")
 INITS = ("independent", "checkpoint")
 POOLS = ("mean", "sum")
+ROUTER_INITS = ("normal", "zeros")
 FEATURE_MAPS = ("silu", "identity", "relu")  # applied to the query / key projections before the l2 normalisation
 DTYPES = ("float32", "bfloat16", "float16")
 INPUTS = ("tokens", "pair_table")
@@ -60,6 +61,9 @@ class MixerConfig:
         top_k: cached memories kept per token by ``ssc``; only valid with ``ssc``.
         init: initial state of a segment, ``independent`` | ``checkpoint``.
         pool: how a segment's keys are pooled for the gate logits, ``mean`` | ``sum``.
+        router_init: initial weights of the gate query projection ``W_u``: ``normal`` (``init_std``, like every
+            projection) or ``zeros`` (every available memory gets the same weight at initialisation; the logits
+            still get gradients, ``d logit / d u = pool(K_i)``).
         chunk_size: inner chunk of the memory. For deep memories it changes the math (gradients are taken at the
             chunk-start weights), so it is fixed here; ``None`` takes the op's default for ``segment_size`` (the
             largest divisor at most 16). Linear memories are exact for any chunk; ``None`` lets the op choose.
@@ -85,6 +89,7 @@ class MixerConfig:
     top_k: int | None = None
     init: str = "independent"
     pool: str = "mean"
+    router_init: str = "normal"
     chunk_size: int | None = None
     expansion: int = 4
     gates: tuple[str, ...] | None = None
@@ -103,6 +108,7 @@ class MixerConfig:
         _choice("mixer.segmentation", self.segmentation, SEGMENTATIONS)
         _choice("mixer.init", self.init, INITS)
         _choice("mixer.pool", self.pool, POOLS)
+        _choice("mixer.router_init", self.router_init, ROUTER_INITS)
         _choice("mixer.feature_map", self.feature_map, FEATURE_MAPS)
         _choice("mixer.impl", self.impl, IMPLS)
         for name in ("segment_size", "expansion", "conv_width"):

@@ -66,7 +66,8 @@ class MCMixer(nnx.Module):
         self.q_conv = ShortConv(h * dk, m.conv_width, **kw)
         self.k_conv = ShortConv(h * dk, m.conv_width, **kw)
         self.v_conv = ShortConv(h * dv, m.conv_width, **kw)
-        self.u_proj = dense(d, h * dk, std=std, **kw) if self.aggregation != "residual" else None
+        u_std = std if m.router_init == "normal" else 0.0  # zeros: uniform gates at initialisation
+        self.u_proj = dense(d, h * dk, std=u_std, **kw) if self.aggregation != "residual" else None
         self.gates = Gates(d, h, m.gate_names, rngs=rngs, std=std, param_dtype=pdtype)
         self.out_norm = RMSNorm((h, dv), eps=config.norm_eps, dtype=dtype, param_dtype=pdtype)
         self.gate_proj = dense(d, h * dv, std=std, **kw)

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from tolerances import assert_close
+
 from mc_jax.config import MixerConfig, ModelConfig
 from mc_jax.layers.block import MIXERS, Block, make_mixer
 from mc_jax.layers.mc_mixer import MCMixer
@@ -62,3 +64,25 @@ def test_mixer_bfloat16_compute_keeps_float32_params():
     y, _ = jax.jit(lambda x: mixer(x))(jnp.ones((1, 12, 32), jnp.bfloat16))
     assert y.dtype == jnp.bfloat16 and bool(jnp.all(jnp.isfinite(y.astype(jnp.float32))))
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(nnx.state(mixer, nnx.Param)))
+
+
+def test_zero_router_init_gives_uniform_gates_and_still_learns():
+    """``router_init='zeros'``: every available memory gets the same GRM weight, 1/n, at initialisation. The per-head
+    RMSNorm after the read removes that per-token factor, so the layer equals the same layer with residual
+    aggregation (weights 1); large weights and a tiny epsilon make the norm scale-free. The router still gets
+    gradients."""
+    cfg = config(memory="linear", aggregation="grm", segment_size=3, router_init="zeros").replace(init_std=0.5, norm_eps=1e-12)
+    grm = MCMixer(cfg, "mc", rngs=nnx.Rngs(0))
+    assert not np.any(np.asarray(grm.u_proj.kernel[...]))
+    residual = MCMixer(config(memory="linear", aggregation="residual", segment_size=3).replace(init_std=0.5, norm_eps=1e-12), "mc",
+                       rngs=nnx.Rngs(1))
+    transplant(grm, residual)
+    x = jax.random.normal(jax.random.key(0), (2, 11, 32))
+    y_grm, _ = jax.jit(lambda x: grm(x))(x)
+    y_res, _ = jax.jit(lambda x: residual(x))(x)
+    assert_close(y_grm, y_res, "float32", "grm with a zero router == residual after the per-head norm")
+    graphdef, params, rest = nnx.split(grm, nnx.Param, ...)
+    grads = jax.grad(lambda p: jnp.sum(nnx.merge(graphdef, p, rest)(x)[0] ** 2))(params)
+    assert float(jnp.abs(grads["u_proj"]["kernel"][...]).max()) > 1e-6
+    with pytest.raises(ValueError, match="mixer.router_init='ones' is not one of"):
+        MixerConfig(router_init="ones")
