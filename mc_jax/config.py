@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from mc_jax.data.stacked_mqar import MAX_PAIR_CODES, pair_vocab
 from mc_jax.ops import AGGREGATIONS, MEMORIES, SEGMENTATIONS
 from mc_jax.ops.memory_caching import IMPLS, resolve_chunk
 
@@ -231,7 +232,7 @@ class ModelConfig:
             raise ValueError(
                 f"deep memory {self.mixer.memory!r} needs key_dim == value_dim; got {self.key_dim} and {self.value_dim}"
             )
-        if self.inputs == "pair_table" and self.input_vocab > 2**31 - 1:
+        if self.inputs == "pair_table" and self.input_vocab > MAX_PAIR_CODES:
             raise ValueError(f"inputs='pair_table': num_keys * (vocab_size + 1) = {self.input_vocab} pair codes do not "
                              "fit in int32; use smaller tables (num_keys, vocab_size)")
         if self.has_attention and (self.d_model // self.num_heads) % 2:
@@ -240,9 +241,7 @@ class ModelConfig:
     @property
     def input_vocab(self) -> int:
         """Distinct input ids: ``vocab_size`` tokens, or ``num_keys * (vocab_size + 1)`` pair codes."""
-        if self.inputs == "tokens":
-            return self.vocab_size
-        return self.num_keys * (self.vocab_size + 1)
+        return self.vocab_size if self.inputs == "tokens" else pair_vocab(self.num_keys, self.vocab_size)
 
     @property
     def layer_pattern(self) -> tuple[str, ...]:

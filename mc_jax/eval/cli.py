@@ -36,7 +36,7 @@ from mc_jax.eval.metrics import (
 from mc_jax.eval.png import heatmap_png
 from mc_jax.train.checkpoint import CheckpointError, write_json_atomic
 from mc_jax.train.cli import quiet_logs
-from mc_jax.train.config import describe_model, load_run_config
+from mc_jax.train.config import RECALL_TASKS, describe_model, load_run_config
 
 
 def _ints(text: str) -> list[int]:
@@ -96,7 +96,7 @@ def _evaluate(run, args) -> int:
     task = run.config.train.task
     out_dir = Path(args.out) if args.out else run.run_dir / "eval"
     chosen = args.text or args.mqar or args.niah or args.generate is not None
-    do_mqar = args.mqar or (not chosen and task.kind in ("mqar", "stacked_mqar"))
+    do_mqar = args.mqar or (not chosen and task.kind in RECALL_TASKS)
     do_niah = args.niah or (not chosen and task.kind == "niah")
     do_text = args.text is not None or (not chosen and task.kind == "text")
     print(f"checkpoint {run.run_dir} step {run.step}: {describe_model(run.config.model)} "

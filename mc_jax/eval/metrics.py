@@ -35,6 +35,7 @@ from mc_jax.data import (
     StackedMQARSource,
     query_key_positions,
     read_text,
+    split_pair_codes,
 )
 from mc_jax.models import PureModel, generate
 from mc_jax.train.step import token_stats
@@ -194,7 +195,7 @@ def stacked_mqar_demo(pure: PureModel, state: Any, config: StackedMQARConfig, *,
     pred = np.asarray(_predict(pure, state, jnp.asarray(ex["inputs"][None])))[0]
     where = query_key_positions(ex["inputs"], config.num_values)
     kv, nv = config.num_kv_pairs, config.num_values
-    keys, values = ex["inputs"][:kv] // (nv + 1), ex["inputs"][:kv] % (nv + 1) - 1
+    keys, values = split_pair_codes(ex["inputs"][:kv], nv)
     shown = min(kv, 8)
     lines = ["context pairs (key->value): " + " ".join(f"{k}->{v}" for k, v in zip(keys[:shown], values[:shown]))
              + (f" ... ({kv} pairs)" if kv > shown else "")]

@@ -59,7 +59,7 @@ class PairTableIO(nnx.Module):
 
     def logits(self, h: Float[Array, "... d"]) -> Float[Array, "... v"]:
         value_table = jnp.asarray(pair_tables(self.config)[1])
-        return (self.out_proj(h).astype(jnp.float32) @ value_table.T).astype(jnp.float32)
+        return self.out_proj(h).astype(jnp.float32) @ value_table.T
 
 
 __all__ = ["PairTableIO", "pair_tables", "unit_table"]
