@@ -44,6 +44,11 @@ def _positive(name: str, value: int | float | None, *, optional: bool = False, i
         raise ValueError(f"{name} must be a positive {'int' if integer else 'number'}; got {value!r}")
 
 
+def _flag(name: str, value: bool) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False; got {value!r}")
+
+
 def is_deep(memory: str) -> bool:
     """Deep (MLP) memories need ``Dk == Dv``, learned initial weights and a semantic inner chunk size."""
     return MEMORIES[memory].family == "deep"
@@ -76,7 +81,13 @@ class MixerConfig:
             per-channel scale, no mixing across positions).
         feature_map: activation of the query and key projections before their l2 normalisation, one of
             ``silu`` (GLA / Gated DeltaNet style, the default), ``identity`` (plain normalised linear attention:
-            keys spread over the whole sphere), ``relu``. Values always use ``silu``.
+            keys spread over the whole sphere), ``relu``.
+        value_map: activation of the value projection, one of the same maps (``silu`` by default; ``identity``
+            keeps the sign of every value coordinate, what a recall probe with signed value embeddings needs).
+        output_norm: apply the per-head RMSNorm to the memory read (GLA / Gated DeltaNet style).
+        output_gate: multiply the read by ``silu(x W_gate)`` before the output projection.
+            ``feature_map=value_map="identity"`` with both of these off (and ``ModelConfig.mlp=False``) is the bare
+            normalised linear-attention layer of the tiny recall protocol (``configs/train_tiny_mqar.py``).
         window: attention window (tokens, the query included) of ``sliding_window`` layers.
         rope_theta: RoPE base of the attention layers.
         impl: implementation switch passed to ``memory_caching``.
@@ -98,6 +109,9 @@ class MixerConfig:
     value_dim: int | None = None
     conv_width: int = 4
     feature_map: str = "silu"
+    value_map: str = "silu"
+    output_norm: bool = True
+    output_gate: bool = True
     window: int | None = None
     rope_theta: float = 10000.0
     impl: str = "auto"
@@ -111,6 +125,9 @@ class MixerConfig:
         _choice("mixer.pool", self.pool, POOLS)
         _choice("mixer.router_init", self.router_init, ROUTER_INITS)
         _choice("mixer.feature_map", self.feature_map, FEATURE_MAPS)
+        _choice("mixer.value_map", self.value_map, FEATURE_MAPS)
+        _flag("mixer.output_norm", self.output_norm)
+        _flag("mixer.output_gate", self.output_gate)
         _choice("mixer.impl", self.impl, IMPLS)
         for name in ("segment_size", "expansion", "conv_width"):
             _positive(f"mixer.{name}", getattr(self, name))
@@ -168,6 +185,7 @@ class ModelConfig:
 
     Attributes:
         vocab_size, d_model, num_layers, num_heads: the usual shapes.
+        mlp: give every block its SwiGLU MLP sub-layer (``False``: blocks are ``x + mixer(norm(x))`` only).
         mlp_hidden: SwiGLU hidden width; ``None`` = 8/3 d_model rounded up to ``mlp_multiple_of``.
         mixer: settings of every token mixer.
         pattern: mixer kinds of one repeating unit of layers, e.g. ``("mc", "mc", "attention")``; ``()`` means
@@ -189,6 +207,7 @@ class ModelConfig:
     d_model: int = 512
     num_layers: int = 4
     num_heads: int = 8
+    mlp: bool = True
     mlp_hidden: int | None = None
     mlp_multiple_of: int = 64
     mixer: MixerConfig = field(default_factory=MixerConfig)
@@ -213,6 +232,7 @@ class ModelConfig:
         for name in ("norm_eps", "init_std"):
             _positive(name, getattr(self, name), integer=False)
         _positive("mlp_hidden", self.mlp_hidden, optional=True)
+        _flag("mlp", self.mlp)
         _choice("dtype", self.dtype, DTYPES)
         _choice("param_dtype", self.param_dtype, DTYPES)
         if not isinstance(self.mixer, MixerConfig):

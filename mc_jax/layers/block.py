@@ -45,7 +45,7 @@ def make_mixer(kind: str, config: ModelConfig, *, rngs: nnx.Rngs) -> nnx.Module:
 
 
 class Block(nnx.Module):
-    """``x + mixer(norm(x))`` then ``x + SwiGLU(norm(x))``."""
+    """``x + mixer(norm(x))`` then ``x + SwiGLU(norm(x))`` (the second only with ``config.mlp``)."""
 
     def __init__(self, config: ModelConfig, kind: str, *, rngs: nnx.Rngs):
         dtype, pdtype = jnp.dtype(config.dtype), jnp.dtype(config.param_dtype)
@@ -53,9 +53,10 @@ class Block(nnx.Module):
         self.kind = kind
         self.mixer_norm = RMSNorm((d,), eps=config.norm_eps, dtype=dtype, param_dtype=pdtype)
         self.mixer = make_mixer(kind, config, rngs=rngs)
-        self.mlp_norm = RMSNorm((d,), eps=config.norm_eps, dtype=dtype, param_dtype=pdtype)
+        self.mlp_norm = RMSNorm((d,), eps=config.norm_eps, dtype=dtype, param_dtype=pdtype) if config.mlp else None
         self.mlp = SwiGLU(d, config.hidden_dim, rngs=rngs, std=config.init_std,
-                          out_std=config.init_std / (2 * config.num_layers) ** 0.5, dtype=dtype, param_dtype=pdtype)
+                          out_std=config.init_std / (2 * config.num_layers) ** 0.5, dtype=dtype,
+                          param_dtype=pdtype) if config.mlp else None
 
     def init_cache(self, batch: int, max_len: int) -> Any:
         return self.mixer.init_cache(batch, max_len)
@@ -64,6 +65,8 @@ class Block(nnx.Module):
         x = constrain(x, ("batch", "seq", None))  # batch over (data, fsdp) under a mesh; a no-op without one
         h, cache = self.mixer(self.mixer_norm(x), cache)
         x = constrain(x + h, ("batch", "seq", None))
+        if self.mlp is None:
+            return x, cache
         return x + self.mlp(self.mlp_norm(x)), cache
 
 

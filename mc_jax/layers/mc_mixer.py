@@ -1,10 +1,10 @@
 """The Memory Caching token mixer (DESIGN.md section 4) and the base recurrent layer (kind ``none``).
 
-    q, k, v = conv4(phi(x W_q)), conv4(phi(x W_k)), conv4(silu(x W_v))      (causal depthwise convolutions)
-    (phi = mixer.feature_map, silu by default)
+    q, k, v = conv4(phi(x W_q)), conv4(phi(x W_k)), conv4(psi(x W_v))       (causal depthwise convolutions)
+    (phi = mixer.feature_map, psi = mixer.value_map, silu by default)
     q, k    = l2-normalised per head;  u = x W_u (grm / soup / ssc);  gates = act(x W_g + b_g) per head
     y       = memory_caching(q, k, v, u, gates, params=W_0)                 (mc_jax.ops; no math here)
-    out     = W_o (RMSNorm_head(y) * silu(x W_gate))
+    out     = W_o (RMSNorm_head(y) * silu(x W_gate))      (norm: mixer.output_norm, gate: mixer.output_gate)
 
 Kind ``none`` is the same layer reading one memory: one segment spanning the whole sequence (``residual``, nothing
 cached). Its segment size is the sequence length (or the cache capacity when decoding) rounded up to the inner
@@ -69,8 +69,9 @@ class MCMixer(nnx.Module):
         u_std = std if m.router_init == "normal" else 0.0  # zeros: uniform gates at initialisation
         self.u_proj = dense(d, h * dk, std=u_std, **kw) if self.aggregation != "residual" else None
         self.gates = Gates(d, h, m.gate_names, rngs=rngs, std=std, param_dtype=pdtype)
-        self.out_norm = RMSNorm((h, dv), eps=config.norm_eps, dtype=dtype, param_dtype=pdtype)
-        self.gate_proj = dense(d, h * dv, std=std, **kw)
+        self.out_norm = (RMSNorm((h, dv), eps=config.norm_eps, dtype=dtype, param_dtype=pdtype)
+                         if m.output_norm else None)
+        self.gate_proj = dense(d, h * dv, std=std, **kw) if m.output_gate else None
         self.o_proj = dense(h * dv, d, std=out_std, **kw)
         if m.deep:  # learned initial MLP weights W_0, M(x) = x + W1 gelu(W2 x) (W2 maps D -> E*D)
             f = m.expansion * dk
@@ -124,7 +125,7 @@ class MCMixer(nnx.Module):
         phi = FEATURE_MAPS[self.settings.feature_map]
         q, sq = self.q_conv(phi(self.q_proj(x)), states[0])
         k, sk = self.k_conv(phi(self.k_proj(x)), states[1])
-        v, sv = self.v_conv(jax.nn.silu(self.v_proj(x)), states[2])
+        v, sv = self.v_conv(FEATURE_MAPS[self.settings.value_map](self.v_proj(x)), states[2])
         q, k, v = l2_normalize(heads(q, self.dk)), l2_normalize(heads(k, self.dk)), heads(v, self.dv)
         u = None if self.u_proj is None else heads(self.u_proj(x), self.dk)
         top_k = self.settings.top_k if self.aggregation == "ssc" else None
@@ -138,5 +139,9 @@ class MCMixer(nnx.Module):
             settings = self._op_settings(cache.memory.segment_size)
             y, memory = memory_caching(q, k, v, cache=cache.memory, return_cache=True, **common, **settings)
             new_cache = MCMixerCache(sq, sk, sv, memory)
-        y = self.out_norm(y).reshape(b, t, self.heads * self.dv)
-        return self.o_proj(y * jax.nn.silu(self.gate_proj(x))), new_cache
+        if self.out_norm is not None:
+            y = self.out_norm(y)
+        y = y.reshape(b, t, self.heads * self.dv)
+        if self.gate_proj is not None:
+            y = y * jax.nn.silu(self.gate_proj(x))
+        return self.o_proj(y), new_cache

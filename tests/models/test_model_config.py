@@ -15,6 +15,9 @@ from mc_jax.configs_util import apply_overrides, from_dict, load_preset, parse_v
     (dict(segmentation="tree"), "mixer.segmentation"),
     (dict(init="zeros"), "mixer.init"),
     (dict(pool="max"), "mixer.pool"),
+    (dict(value_map="tanh"), "mixer.value_map='tanh' is not one of"),
+    (dict(output_norm="no"), "mixer.output_norm must be True or False"),
+    (dict(output_gate=0), "mixer.output_gate must be True or False"),
     (dict(aggregation="ssc"), "needs mixer.top_k"),
     (dict(aggregation="grm", top_k=2), "top_k is only used by aggregation='ssc'"),
     (dict(aggregation="ssc", top_k=0), "top_k must be a positive"),
@@ -49,6 +52,7 @@ def test_valid_mixer_configs():
      "multiple of mixer.chunk_size"),
     (dict(dtype="float8"), "dtype='float8'"),
     (dict(vocab_size=0), "vocab_size must be a positive"),
+    (dict(mlp=1), "mlp must be True or False"),
     (dict(mixer={"memory": "linear"}), "mixer must be a MixerConfig"),
 ])
 def test_model_config_errors(kwargs, match):

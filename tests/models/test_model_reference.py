@@ -26,7 +26,7 @@ def causal_conv(x, kernel):  # x [b, t, c], kernel [w, c]
                                         dimension_numbers=("NWC", "WIO", "NWC"), feature_group_count=x.shape[-1])
 
 
-PHI = {"silu": jax.nn.silu, "identity": lambda y: y, "relu": jax.nn.relu}  # the query / key feature maps
+PHI = {"silu": jax.nn.silu, "identity": lambda y: y, "relu": jax.nn.relu}  # the q / k / v feature maps
 
 
 def reference_logits(p, toks, cfg):
@@ -43,24 +43,40 @@ def reference_logits(p, toks, cfg):
         l2 = lambda y: y / jnp.sqrt(jnp.sum(y * y, -1, keepdims=True) + 1e-6)
         q = l2(heads(causal_conv(phi(proj("q_proj")), mp["q_conv"]["kernel"])))
         k = l2(heads(causal_conv(phi(proj("k_proj")), mp["k_conv"]["kernel"])))
-        v = heads(causal_conv(jax.nn.silu(proj("v_proj")), mp["v_conv"]["kernel"]))
+        v = heads(causal_conv(PHI[m.value_map](proj("v_proj")), mp["v_conv"]["kernel"]))
         z = (xn @ mp["gates"]["proj"]["kernel"] + mp["gates"]["proj"]["bias"]).reshape(b, t, len(m.gate_names), h)
         gates = {name: GATES[name].activation(z[:, :, i]) for i, name in enumerate(m.gate_names)}
         y = memory_caching(q, k, v, u=heads(proj("u_proj")), memory=m.memory, aggregation=m.aggregation,
                            segmentation=m.segmentation, segment_size=m.segment_size, gates=gates)
-        y = rms(y, mp["out_norm"]["scale"]).reshape(b, t, h * d)
-        x = x + (y * jax.nn.silu(proj("gate_proj"))) @ mp["o_proj"]["kernel"]
+        if m.output_norm:
+            y = rms(y, mp["out_norm"]["scale"])
+        y = y.reshape(b, t, h * d)
+        if m.output_gate:
+            y = y * jax.nn.silu(proj("gate_proj"))
+        x = x + y @ mp["o_proj"]["kernel"]
+        if not cfg.mlp:
+            continue
         mlp, xn = lp["mlp"], rms(x, lp["mlp_norm"]["scale"])
         x = x + (jax.nn.silu(xn @ mlp["gate"]["kernel"]) * (xn @ mlp["up"]["kernel"])) @ mlp["down"]["kernel"]
     return rms(x, p["norm"]["scale"]) @ p["embed"]["embedding"].T
 
 
-@pytest.mark.parametrize("feature_map", ["silu", "identity"])
-def test_forward_equals_hand_composed_reference(feature_map):
-    cfg = tiny(num_layers=2, memory="gated_linear", aggregation="grm", segment_size=5, feature_map=feature_map)
+BARE = dict(feature_map="identity", value_map="identity", output_norm=False, output_gate=False)
+
+
+@pytest.mark.parametrize("variant", ["default", "identity_features", "bare", "bare_with_mlp"])
+def test_forward_equals_hand_composed_reference(variant):
+    mixer = {"default": {}, "identity_features": dict(feature_map="identity"), "bare": BARE, "bare_with_mlp": BARE}
+    cfg = tiny(num_layers=2, memory="gated_linear", aggregation="grm", segment_size=5, **mixer[variant])
+    cfg = cfg.replace(mlp=variant != "bare")
     pure, state = PureModel.create(cfg, seed=3)
-    toks = tokens(2, 13, seed=4)
     params = nnx.to_pure_dict(nnx.state(pure.merge(state), nnx.Param))
+    switched_off = {"out_norm": not cfg.mixer.output_norm, "gate_proj": not cfg.mixer.output_gate,
+                    "mlp": not cfg.mlp, "mlp_norm": not cfg.mlp}
+    block = params["units"]["blocks"][0]
+    for name, off in switched_off.items():  # a switched-off piece owns no parameters
+        assert (name not in block and name not in block["mixer"]) == off, name
+    toks = tokens(2, 13, seed=4)
     logits, ref = jax.jit(lambda s, p: (pure.apply(s, toks), reference_logits(p, toks, cfg)))(state, params)
     np.testing.assert_allclose(logits, ref, rtol=1e-5, atol=1e-5)
 
