@@ -1,7 +1,7 @@
 """``python train.py [--preset NAME] [--resume | --overwrite] [key=value ...]``
 
-With no arguments: the tiny MC model of ``configs/train_tiny_mqar.py`` is trained on MQAR, then the same model
-without caching (``train.baseline=none``), and a comparison table is printed. Overrides are dotted paths into the
+With no arguments: the tiny MC layer of ``configs/train_tiny_mqar.py`` is trained on stacked MQAR, then the same
+layer without caching (``train.baseline=none``), and a comparison table is printed. Overrides are dotted paths into the
 run config, shared with the model config::
 
     python train.py model.mixer.aggregation=ssc model.mixer.top_k=2 train.steps=200

@@ -3,7 +3,8 @@
 The root :class:`RunConfig` holds ``model: ModelConfig`` and ``train: TrainConfig`` (with its ``task``), so one
 dotted-override syntax reaches everything (:func:`mc_jax.configs_util.apply_overrides`)::
 
-    python train.py model.mixer.aggregation=ssc model.mixer.top_k=2 train.steps=200 train.task.num_kv_pairs=4
+    python train.py model.mixer.aggregation=ssc model.mixer.top_k=2 train.steps=200 \
+        train.task.num_kv_pairs=16 train.task.seq_len=32
 
 Every check runs in ``__post_init__`` and raises ``ValueError`` naming the field, so a config that constructs is one
 the trainer can run. Cross-section checks (the task's vocabulary against the model's) live in ``RunConfig``.

@@ -26,7 +26,8 @@ def test_default_preset_is_the_tiny_mqar_comparison():
     config = load_run_config()
     assert config.model.mixer.kind == "mc" and config.model.mixer.aggregation == "grm"
     assert config.model.mixer.init == "independent"
-    assert config.train.task.kind == "mqar" and config.train.task.seq_len == 64
+    assert config.train.task.kind == "stacked_mqar" and config.train.task.seq_len == 64
+    assert config.model.inputs == "pair_table" and config.model.num_layers == 1 and not config.model.mlp
     assert config.train.baseline == "none"
     base = baseline_config(config)
     assert base.model.mixer.kind == "none" and base.train.baseline == ""

@@ -50,7 +50,7 @@ def test_task_config_and_preset():
     cfg = task.stacked_mqar_config()
     assert (cfg.num_kv_pairs, cfg.num_keys, cfg.num_values) == (4, 16, 16)
     assert task.data_vocab == cfg.input_vocab == 16 * 17 == stacked_config().model.input_vocab
-    preset = load_run_config("train_stacked_mqar")
+    preset = load_run_config()  # the default of train.py
     assert preset.model.inputs == "pair_table" and preset.train.task.kind == "stacked_mqar"
     base = baseline_config(preset)
     assert base.model.inputs == "pair_table" and base.model.layer_kinds == ("none",)
