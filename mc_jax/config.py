@@ -85,7 +85,8 @@ class MixerConfig:
         value_map: activation of the value projection, one of the same maps (``silu`` by default; ``identity``
             keeps the sign of every value coordinate, what a recall probe with signed value embeddings needs).
         output_norm: apply the per-head RMSNorm to the memory read (GLA / Gated DeltaNet style).
-        output_gate: multiply the read by ``silu(x W_gate)`` before the output projection.
+        output_gate: multiply the read by ``silu(x W_gate)`` before the output projection (on stacked MQAR it was
+            the piece that stalled the cached layer on one seed: docs/recall_experiments.md).
             ``feature_map=value_map="identity"`` with both of these off (and ``ModelConfig.mlp=False``) is the bare
             normalised linear-attention layer of the tiny recall protocol (``configs/train_tiny_mqar.py``).
         window: attention window (tokens, the query included) of ``sliding_window`` layers.
