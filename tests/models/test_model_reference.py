@@ -64,11 +64,10 @@ def reference_logits(p, toks, cfg):
 BARE = dict(feature_map="identity", value_map="identity", output_norm=False, output_gate=False)
 
 
-@pytest.mark.parametrize("variant", ["default", "identity_features", "bare", "bare_with_mlp"])
-def test_forward_equals_hand_composed_reference(variant):
-    mixer = {"default": {}, "identity_features": dict(feature_map="identity"), "bare": BARE, "bare_with_mlp": BARE}
-    cfg = tiny(num_layers=2, memory="gated_linear", aggregation="grm", segment_size=5, **mixer[variant])
-    cfg = cfg.replace(mlp=variant != "bare")
+@pytest.mark.parametrize("mixer,mlp", [({}, True), (dict(feature_map="identity"), True), (BARE, False), (BARE, True)],
+                         ids=["default", "identity_features", "bare", "bare_with_mlp"])
+def test_forward_equals_hand_composed_reference(mixer, mlp):
+    cfg = tiny(num_layers=2, memory="gated_linear", aggregation="grm", segment_size=5, **mixer).replace(mlp=mlp)
     pure, state = PureModel.create(cfg, seed=3)
     params = nnx.to_pure_dict(nnx.state(pure.merge(state), nnx.Param))
     switched_off = {"out_norm": not cfg.mixer.output_norm, "gate_proj": not cfg.mixer.output_gate,
