@@ -163,7 +163,7 @@ def _e2e_case(c, memory, aggregation, grad, key, pallas_impl="pallas"):
         return jax.grad(lambda *a: jnp.sum(f(*a[:-1]) * a[-1]), argnums=(0, 1, 2, 3, 4))
 
     args = (inp["q"], inp["k"], inp["v"], inp["u"], inp["gates"], inp["params"]) + ((inp["ct"],) if grad else ())
-    pallas = None if get_memory(memory).family == "deep" else build(pallas_impl)  # deep: no kernel (XLA only)
+    pallas = None if get_memory(memory).family.deep else build(pallas_impl)  # deep: no kernel (XLA only)
     return build("xla"), pallas, args
 
 

@@ -55,7 +55,8 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` and ``mc_j
 from benchmarks.hlo_cost import HloCost, memory_bytes, xla_flops  # noqa: E402
 from mc_jax.ops import memory_caching  # noqa: E402
 from mc_jax.ops.memories import get_memory  # noqa: E402
-from mc_jax.ops.utils import ceil_div, num_levels  # noqa: E402
+from mc_jax.ops.segmentation import num_levels  # noqa: E402
+from mc_jax.ops.utils import ceil_div  # noqa: E402
 
 MEMORIES = ("linear", "gated_linear", "delta", "dla", "titans")
 AGGREGATIONS = ("residual", "grm", "soup", "ssc")
@@ -154,7 +155,7 @@ def dense_matmul_gflops(n: int = 2048, repeats: int = 10) -> dict:
 def make_inputs(memory: str, batch: int, length: int, heads: int, dk: int, dv: int, seed: int = 0) -> dict:
     """Valid float32 inputs (as ``tests/ops/op_inputs.py``): unit-norm q/k, gates in range, deep params."""
     spec = get_memory(memory)
-    if spec.family == "deep":
+    if spec.family.deep:
         dv = dk
     keys = iter(jax.random.split(jax.random.key(seed), 16))
     normal = lambda shape: jax.random.normal(next(keys), shape, jnp.float32)
@@ -170,7 +171,7 @@ def make_inputs(memory: str, batch: int, length: int, heads: int, dk: int, dv: i
         "eta": jax.nn.sigmoid(normal(bth) + 1.0),
     }
     gates = {name: all_gates[name] for name in spec.gate_names}
-    if spec.family == "deep":
+    if spec.family.deep:
         f = EXPANSION * dk
         params = {"W1": 0.3 * normal((heads, dk, f)) / f**0.5, "W2": normal((heads, f, dk)) / dk**0.5}
     else:
@@ -226,7 +227,7 @@ def check_shape(cfg: dict, inputs: dict, segments: int = 4) -> dict:
         ref = causal_linear_attention(q, k, v)
         errors["linear_attention"] = float(jnp.max(jnp.abs(y_par - ref))) / max(float(jnp.max(jnp.abs(ref))), 1e-30)
     finite = bool(jnp.all(jnp.isfinite(y_par)))
-    tol = 2e-4 if get_memory(cfg["memory"]).family == "linear" else 1e-3
+    tol = 2e-4 if not get_memory(cfg["memory"]).family.deep else 1e-3
     return {"checked": finite and all(e <= tol for e in errors.values()), "check_tokens": length,
             "check_rel_error": errors, "check_tol": tol}
 

@@ -1,11 +1,11 @@
 """Where the time of linear + grm goes: the parallel form timed piece by piece.
 
-``mc_parallel`` (constant segmentation, independent init, linear memory) is four stages; each is jit-compiled and
+``mc_sequence`` (constant segmentation, independent init, linear memory) is four stages; each is jit-compiled and
 timed here on its own, forward and forward+backward, with the same loop-corrected FLOP count as ``bench_ops``:
 
-  state    ``parallel._compress``: every segment an independent chunk-wise run -> chunk data + final states
+  state    ``stages.compress_independent``: every segment an independent chunk-wise run -> chunk data + finals
   online   ``memories.read_online``: the online read of every token (intra-chunk attention + chunk-start state)
-  weights  pooled keys, router logits ``<u_t, pool(K_i)>`` and the softmax (copied from ``mc_parallel``)
+  weights  pooled keys, router logits ``<u_t, pool(K_i)>`` and the softmax (``stages.pooled_keys`` / ``cached_constant`` inlined)
   read     ``reads.dense_mix``: ``sum_i gamma[t, i] q_t^T S_i`` over the stack of cached states
 
 and, for comparison, two read formulations that are *not* in ``mc_jax`` (candidates for the fix):
@@ -37,10 +37,10 @@ if __package__ in (None, ""):
 from benchmarks.bench_ops import dense_matmul_gflops, machine_info, make_inputs, time_fn  # noqa: E402
 from benchmarks.hlo_cost import HloCost, memory_bytes  # noqa: E402
 from mc_jax.ops import aggregation as agg  # noqa: E402
-from mc_jax.ops import memories as mem  # noqa: E402
 from mc_jax.ops import memory_caching  # noqa: E402
 from mc_jax.ops.memories import complete_gates, get_memory, initial_state  # noqa: E402
-from mc_jax.ops.parallel import _READ_BUDGET, _compress, _pool, _to_runs  # noqa: E402
+from mc_jax.ops.aggregation import pool_keys  # noqa: E402
+from mc_jax.ops.stages import READ_BUDGET, compress_independent, to_runs, xla_state_pass  # noqa: E402
 from mc_jax.ops.reads import dense_mix  # noqa: E402
 
 
@@ -51,27 +51,27 @@ def stages(b, t, h, dk, dv, size, chunk):
     def state(k, v, gates):
         valid = jnp.ones((b, t, h), bool)
         init = initial_state(spec, None, b, h, dk, dv)
-        data, finals = _compress(spec, k, v, gates, valid, init, size, chunk)
-        stack = mem.readable(spec, finals).reshape(b, n, h, dk, dv)
-        return data, stack
+        comp = compress_independent(spec, k, v, gates, valid, init, size=size, levels=1, chunk=chunk,
+                                    state_pass=xla_state_pass)
+        return comp.online, comp.finals[0]  # stack [b n h dk dv]
 
     def online(q, k, gates, data):
-        gates_r = {name: _to_runs(g, size) for name, g in gates.items()}
-        return mem.read_online(spec, _to_runs(q, size), _to_runs(k, size), gates_r, data, chunk).reshape(b, t, h, dv)
+        gates_r = {name: to_runs(g, size) for name, g in gates.items()}
+        return spec.family.read_online(to_runs(q, size), to_runs(k, size), gates_r, data, chunk).reshape(b, t, h, dv)
 
-    def weights(k, u):  # section 2 of mc_parallel, constant segmentation, grm
+    def weights(k, u):  # the cached keys and weights stage, constant segmentation, grm
         block_of = jnp.arange(t) // size
         block_key_sum = k.reshape(b, n, size, h, dk).sum(2)
         block_count = jnp.clip(t - jnp.arange(n) * size, 0, size).astype(k.dtype)
         in_block = k.reshape(b, n, size, h, dk).cumsum(2).reshape(b, t, h, dk)
-        online_pooled = _pool(in_block, (jnp.arange(t) % size + 1).astype(k.dtype)[None, :, None], "mean")
-        cached_keys = _pool(block_key_sum, block_count[None, :, None], "mean")
+        online_pooled = pool_keys(in_block, (jnp.arange(t) % size + 1).astype(k.dtype)[None, :, None, None], "mean")
+        cached_keys = pool_keys(block_key_sum, block_count[None, :, None, None], "mean")
         available = jnp.broadcast_to((jnp.arange(n)[None, :] < block_of[:, None])[None, :, None, :], (b, t, h, n))
         cached_logits = jnp.einsum("bthd,bnhd->bthn", u, cached_keys)
         online_logit = jnp.einsum("bthd,bthd->bth", u, online_pooled)
         return agg.weights("grm", cached_logits, online_logit, available, None)
 
-    group_blocks = max(1, min(n, _READ_BUDGET // max(1, size * n * dv)))
+    group_blocks = max(1, min(n, READ_BUDGET // max(1, size * n * dv)))
     while n % group_blocks:
         group_blocks -= 1
     block = size * group_blocks

@@ -51,7 +51,7 @@ def _flag(name: str, value: bool) -> None:
 
 def is_deep(memory: str) -> bool:
     """Deep (MLP) memories need ``Dk == Dv``, learned initial weights and a semantic inner chunk size."""
-    return MEMORIES[memory].family == "deep"
+    return MEMORIES[memory].family.deep
 
 
 @dataclass(frozen=True)

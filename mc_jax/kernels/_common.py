@@ -1,4 +1,7 @@
-"""Shared plumbing for the Pallas kernels: strategy / interpret resolution and compiler parameters."""
+"""Shared plumbing for the Pallas kernels: strategy / interpret resolution and compiler parameters.
+
+``check_choice`` is re-exported from :mod:`mc_jax.ops.utils` (its one home).
+"""
 
 from __future__ import annotations
 
@@ -10,18 +13,14 @@ import jax.numpy as jnp
 from jax.experimental.pallas import tpu as pltpu
 from jax.experimental.pallas import triton as pltriton
 
+from mc_jax.ops.utils import check_choice, state_dtype
+
 STRATEGIES = ("auto", "gpu", "tpu")
-IMPLS = ("pallas", "xla")
 # In-kernel matmul precision. "highest" (the default): fp32 (ieee) products and accumulation, never TF32 /
 # single-pass bf16, so kernels match the XLA op at the float32 tolerance. "default": the backend's choice (TF32 on
 # NVIDIA GPUs; on an H100 the chunk-state kernel ran 1.2-3.9x faster at a max error of 5-7e-4, see
 # docs/performance.md); identical to "highest" on CPU.
 PRECISIONS = {"highest": jax.lax.Precision.HIGHEST, "default": jax.lax.Precision.DEFAULT}
-
-
-def check_choice(name: str, value, options) -> None:
-    if value not in options:
-        raise ValueError(f"{name}={value!r} is not supported; choose one of {list(options)}")
 
 
 def resolve_strategy(strategy: str) -> str:
@@ -66,5 +65,4 @@ class Options:
     precision: str = "highest"  # in-kernel matmuls (chunk_state), see PRECISIONS
 
 
-def acc_dtype() -> jnp.dtype:
-    return jnp.float64 if jax.config.read("jax_enable_x64") else jnp.float32
+acc_dtype = state_dtype  # kernels accumulate in the recurrent state dtype (float32, float64 under x64)

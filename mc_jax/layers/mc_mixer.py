@@ -136,7 +136,7 @@ class MCMixer(nnx.Module):
             y = sharded_memory_caching(q, k, v, params=self.memory_params(), **common, **settings)
             new_cache = None
         else:  # the segment size the cache was built with (for `none` it follows max_len)
-            settings = self._op_settings(cache.memory.segment_size)
+            settings = self._op_settings(cache.memory.config.segment_size)
             y, memory = memory_caching(q, k, v, cache=cache.memory, return_cache=True, **common, **settings)
             new_cache = MCMixerCache(sq, sk, sv, memory)
         if self.out_norm is not None:

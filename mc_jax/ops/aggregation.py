@@ -17,6 +17,12 @@ from mc_jax.typing import Array, Bool, Float
 
 AGGREGATIONS = ("residual", "grm", "soup", "ssc")
 GATED = ("grm", "soup", "ssc")
+POOLS = ("mean", "sum")
+
+
+def pool_keys(key_sum: Float[Array, "... dk"], count: Float[Array, "... 1"], pool: str) -> Float[Array, "... dk"]:
+    """``pool(K)`` of a segment from its key sum and token count (``count`` broadcasts against ``key_sum``)."""
+    return key_sum / jnp.maximum(count, 1) if pool == "mean" else key_sum
 
 
 def logits(u: Float[Array, "... dk"], pooled_keys: Float[Array, "... m dk"]) -> Float[Array, "... m"]:

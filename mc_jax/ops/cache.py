@@ -3,33 +3,45 @@
 A call processes any number of new tokens from a cache: the tokens are placed in a buffer of whole inner chunks
 aligned to absolute chunk boundaries (the current position may be mid-chunk, also under ``jit``), positions outside
 the new tokens are identity steps, and a ``lax.scan`` walks the chunks. Segment boundaries are chunk boundaries
-(the chunk divides the segment size), so per chunk it runs the online memory, reads the cached memories, and when
-the chunk completes a segment it appends the online memory to the cache and resets it (``independent``) or keeps
-it (``checkpoint``). Decoding is the same call with one token and costs one inner chunk plus one read per cached
+(the chunk divides the segment size), so a scan step is two stages: :func:`read_step` runs the online memory and
+reads the cached memories (the stages of :mod:`mc_jax.ops.stages`), and :func:`append_step`, when the chunk
+completes a segment, appends the online memory to the cache and resets it (``independent``) or keeps it
+(``checkpoint``). Decoding is the same call with one token and costs one inner chunk plus one read per cached
 memory, whatever the segment size.
 
 Log segmentation keeps one slot per level (slot ``p`` holds the group of ``2^p`` blocks present when bit ``p`` of
 the block index is set) and, for ``independent`` memories, an in-progress memory per level that has compressed the
-tokens since its group started. When block ``c`` completes, ``m = trailing_ones(c)`` groups merge: slot ``m``
+tokens since its group started. When block ``c`` completes, ``m = trailing_ones(c)`` groups merge
+(:func:`~mc_jax.ops.segmentation.fenwick_merge_level`): slot ``m``
 receives the level-``m`` memory (it covered exactly the blocks of the new group), slots ``< m`` empty, and levels
 ``<= m`` restart. Each token updates ``O(log N)`` memories.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from mc_jax.ops import aggregation as agg
-from mc_jax.ops import memories as mem
-from mc_jax.ops.memories import IDENTITY_GATES, MemorySpec, deep
-from mc_jax.ops.memories.linear import from_chunks, to_chunks
-from mc_jax.ops.reads import dense_mix
+from mc_jax.ops.memories import IDENTITY_GATES, MemorySpec
+from mc_jax.ops.segmentation import cache_slots, fenwick_merge_level
+from mc_jax.ops.stages import XLA_STAGES, Stages, combine, online_reader
 from mc_jax.ops.utils import ceil_div, state_dtype
 from mc_jax.typing import Array, Bool, Float, Int, PyTree
+
+
+class CacheConfig(NamedTuple):
+    """The static settings a cache was built for; a continuing call must use the same."""
+
+    memory: str
+    segmentation: str
+    segment_size: int
+    init: str
+    pool: str
+    chunk: int
 
 
 @jax.tree_util.register_dataclass
@@ -46,7 +58,7 @@ class MCCache:
         slot_valid: which slots hold a memory ``[m]``.
         key_sums: key sums of the segment in progress at each level ``[levels, b, h, dk]`` (index 0: online).
         levels: log + independent only: in-progress memories of levels ``1..m-1``, leaves ``[m - 1, b, h, ...]``.
-        config: static ``(memory, segmentation, segment_size, init, pool, chunk)`` the cache was built for.
+        config: the static :class:`CacheConfig` the cache was built for.
     """
 
     position: Int[Array, ""]
@@ -57,34 +69,12 @@ class MCCache:
     slot_valid: Bool[Array, " m"]
     key_sums: Float[Array, "l b h dk"]
     levels: PyTree | None
-    config: tuple = dataclasses.field(metadata=dict(static=True))
+    config: CacheConfig = field(metadata=dict(static=True))
 
     @property
     def capacity(self) -> int:
         """Number of cache slots."""
         return self.slot_valid.shape[0]
-
-    @property
-    def memory(self) -> str:
-        return self.config[0]
-
-    @property
-    def segmentation(self) -> str:
-        return self.config[1]
-
-    @property
-    def segment_size(self) -> int:
-        return self.config[2]
-
-    @property
-    def chunk_size(self) -> int:
-        return self.config[5]
-
-
-def cache_slots(max_len: int, segmentation: str, segment_size: int) -> int:
-    """Slots a cache needs to hold everything up to ``max_len`` tokens."""
-    n = ceil_div(max_len, segment_size)
-    return max(1, n) if segmentation == "constant" else max(1, n.bit_length())
 
 
 def empty_cache(spec: MemorySpec, init_state: PyTree, *, max_len: int, segmentation: str, segment_size: int,
@@ -93,7 +83,7 @@ def empty_cache(spec: MemorySpec, init_state: PyTree, *, max_len: int, segmentat
     m = cache_slots(max_len, segmentation, segment_size)
     b, h, dk = jax.tree.leaves(init_state)[0].shape[:3]
     sd = state_dtype()
-    readable = mem.readable(spec, init_state)
+    readable = spec.family.readable(init_state)
     levels = None
     if segmentation == "log" and init == "independent" and m > 1:
         levels = jax.tree.map(lambda s: jnp.broadcast_to(s, (m - 1,) + s.shape), init_state)
@@ -106,7 +96,7 @@ def empty_cache(spec: MemorySpec, init_state: PyTree, *, max_len: int, segmentat
         slot_valid=jnp.zeros((m,), bool),
         key_sums=jnp.zeros((m if segmentation == "log" else 1, b, h, dk), sd),
         levels=levels,
-        config=(spec.name, segmentation, segment_size, init, pool, chunk),
+        config=CacheConfig(spec.name, segmentation, segment_size, init, pool, chunk),
     )
 
 
@@ -126,101 +116,141 @@ def _place(x: Array, offset, length: int, value: float = 0.0) -> Array:
     return jax.lax.dynamic_update_slice_in_dim(buf, x, offset, axis=1)
 
 
-def _pool(key_sum, count, pool: str):
-    return key_sum / jnp.maximum(count, 1) if pool == "mean" else key_sum
+class Chunk(NamedTuple):
+    """One inner chunk of the scan: ``q, k [b c h dk]``, ``v [b c h dv]``, ``u`` or None, gates ``[b c h]``,
+    ``valid [c]`` (the new tokens)."""
+
+    q: Array
+    k: Array
+    v: Array
+    u: Array | None
+    gates: dict
+    valid: Array
+
+
+def read_step(cache: MCCache, xs: Chunk, spec: MemorySpec, stages: Stages, *, aggregation: str,
+              top_k: int | None):
+    """The read stage of one chunk: ``(y [b c h dv], chunk-end online state)``; the cache is not changed."""
+    b, chunk, h = xs.q.shape[:3]
+    size, pool = cache.config.segment_size, cache.config.pool
+    valid_bh = jnp.broadcast_to(xs.valid[None, :, None], (b, chunk, h))
+    data, online = stages.state_pass(spec, xs.k, xs.v, xs.gates, cache.online, chunk, valid_bh)
+    read_online, online_layer = online_reader(spec, data, chunk, chunk, (b, chunk, h))
+    y_online = read_online(xs.q, xs.k, xs.gates)
+
+    keys = jnp.where(xs.valid[None, :, None, None], xs.k, 0.0)
+    count = (cache.position % size + jnp.cumsum(xs.valid)).astype(keys.dtype)[None, :, None, None]
+    online_pooled = agg.pool_keys(cache.key_sums[0][:, None] + jnp.cumsum(keys, axis=1), count, pool)
+    us = xs.u
+    online_logit = None if us is None else jnp.einsum("bchd,bchd->bch", us, online_pooled)
+    cached_logits = None if us is None else jnp.einsum("bchd,mbhd->bchm", us, cache.slot_keys)
+    available = jnp.broadcast_to(cache.slot_valid, (b, chunk, h, cache.capacity))
+    gamma, gamma_on = agg.weights(aggregation, cached_logits, online_logit, available, top_k)
+    slots = jax.tree.map(lambda s: jnp.moveaxis(s, 0, 1), cache.slots)  # b m h ...
+    mix = lambda what, x: stages.read_dense(spec, what, slots, gamma, available, x, block=chunk, segment_size=size,
+                                            aggregation=aggregation, top_k=top_k)
+    return combine(spec, aggregation, xs.q, gamma, gamma_on, y_online, online_layer, mix), online
+
+
+def _advance_levels(levels: PyTree, xs: Chunk, spec: MemorySpec, stages: Stages) -> PyTree:
+    """Log + independent: run the in-progress memories of levels ``1..m-1`` (leaves ``[m-1, b, h, ...]``) over the
+    chunk, batched as ``(m - 1) * b`` runs."""
+    b, chunk, h = xs.q.shape[:3]
+    n_lv = jax.tree.leaves(levels)[0].shape[0]
+    runs = lambda x: jnp.broadcast_to(x[None], (n_lv,) + x.shape).reshape(n_lv * b, *x.shape[1:])
+    flat = jax.tree.map(lambda s: s.reshape(n_lv * b, *s.shape[2:]), levels)
+    valid_bh = jnp.broadcast_to(xs.valid[None, :, None], (b, chunk, h))
+    _, advanced = stages.state_pass(spec, runs(xs.k), runs(xs.v), {n: runs(g) for n, g in xs.gates.items()}, flat,
+                                    chunk, runs(valid_bh))
+    return jax.tree.map(lambda s: s.reshape(n_lv, b, *s.shape[1:]), advanced)
+
+
+class _Merge(NamedTuple):
+    """What a completed block writes: cache ``slot``, the ``memory`` and key sum it receives, the key sums and
+    in-progress levels after the restart, ``slot_valid`` with merged slots cleared, and the group's token count."""
+
+    slot: Array
+    memory: PyTree
+    keys: Array
+    key_sums: Array
+    levels: PyTree | None
+    slot_valid: Array
+    group_size: Array | int
+
+
+def _merge_constant(cache: MCCache, block, online, key_sums, levels, done) -> _Merge:
+    """Constant segments: block ``c`` goes to slot ``c``; the key sum restarts."""
+    return _Merge(block, online, key_sums[0], jnp.zeros_like(key_sums), levels, cache.slot_valid,
+                  cache.config.segment_size)
+
+
+def _merge_log(cache: MCCache, block, online, key_sums, levels, done) -> _Merge:
+    """Log segments: the ``m = trailing_ones(c)`` youngest groups merge into slot ``m``; levels ``<= m`` restart."""
+    slot = fenwick_merge_level(block)
+    if levels is None:
+        memory = online
+    else:
+        stacked = jax.tree.map(lambda o, lv: jnp.concatenate([o[None], lv]), online, levels)
+        memory = jax.tree.map(lambda s: s[jnp.minimum(slot, s.shape[0] - 1)], stacked)
+    restart = jnp.arange(key_sums.shape[0]) <= slot
+    key_sums_done = jnp.where(restart[:, None, None, None], 0.0, key_sums)
+    if levels is not None:
+        restart_lv = restart[1:].reshape((-1,) + (1,) * (jax.tree.leaves(levels)[0].ndim - 1))
+        levels = _select(done & restart_lv, jax.tree.map(lambda s: s[None], cache.initial), levels)
+    slot_valid = jnp.where(done & (jnp.arange(cache.capacity) < slot), False, cache.slot_valid)
+    return _Merge(slot, memory, key_sums[jnp.minimum(slot, key_sums.shape[0] - 1)], key_sums_done, levels,
+                  slot_valid, cache.config.segment_size << slot)
+
+
+_MERGE = {"constant": _merge_constant, "log": _merge_log}
+
+
+def append_step(cache: MCCache, xs: Chunk, online: PyTree, spec: MemorySpec, stages: Stages) -> MCCache:
+    """The append stage of one chunk: position and key sums advance; a completed segment enters the cache."""
+    config = cache.config
+    position = cache.position + jnp.sum(xs.valid).astype(jnp.int32)
+    key_sums = cache.key_sums + jnp.where(xs.valid[None, :, None, None], xs.k, 0.0).sum(1)[None]
+    levels = cache.levels if cache.levels is None else _advance_levels(cache.levels, xs, spec, stages)
+    done = xs.valid[-1] & (position % config.segment_size == 0)  # this chunk ended with the segment's last token
+    block = (position - 1) // config.segment_size
+    merge = _MERGE[config.segmentation](cache, block, online, key_sums, levels, done)
+    fresh = cache.initial if config.init == "independent" else online
+    slot, slot_valid = merge.slot, merge.slot_valid
+    return MCCache(
+        position=position,
+        online=_select(done, fresh, online),
+        initial=cache.initial,
+        slots=_set_slot(cache.slots, slot, spec.family.readable(merge.memory), done),
+        slot_keys=_set_slot(cache.slot_keys, slot, agg.pool_keys(merge.keys, merge.group_size, config.pool), done),
+        slot_valid=slot_valid.at[slot].set(done | slot_valid[jnp.minimum(slot, cache.capacity - 1)], mode="drop"),
+        key_sums=jnp.where(done, merge.key_sums, key_sums),
+        levels=merge.levels,
+        config=config,
+    )
 
 
 def mc_stream(q, k, v, u, gates, cache: MCCache, spec: MemorySpec, *, aggregation: str, segmentation: str,
-              segment_size: int, top_k: int | None, init: str, pool: str, chunk: int):
-    """Process ``t`` new tokens from ``cache``; returns ``(y [b, t, h, dv], new cache)``."""
-    b, t, h, dk = q.shape
-    size = segment_size
+              segment_size: int, top_k: int | None, init: str, pool: str, chunk: int, stages: Stages = XLA_STAGES):
+    """Process ``t`` new tokens from ``cache``; returns ``(y [b, t, h, dv], new cache)``.
+
+    ``q, k [b t h dk]``, ``v [b t h dv]``, ``u`` or None, gates ``[b t h]``; the settings are ``cache.config``'s.
+    """
+    del segmentation, segment_size, init, pool  # the cache's (checked by the caller)
+    b, t, h, _ = q.shape
     sd = state_dtype()
     offset = cache.position % chunk
     n_steps = ceil_div(chunk - 1 + t, chunk)
     length = n_steps * chunk
     place = lambda x, value=0.0: _place(x.astype(sd), offset, length, value)
-    q_b, k_b, v_b = place(q), place(k), place(v)
-    u_b = None if u is None else place(u)
-    gates_b = {name: place(g, IDENTITY_GATES[name]) for name, g in gates.items()}
-    real = (jnp.arange(length) >= offset) & (jnp.arange(length) < offset + t)
     split = lambda x: None if x is None else jnp.moveaxis(x.reshape(b, n_steps, chunk, *x.shape[2:]), 1, 0)
+    real = (jnp.arange(length) >= offset) & (jnp.arange(length) < offset + t)
+    xs = Chunk(split(place(q)), split(place(k)), split(place(v)), None if u is None else split(place(u)),
+               {n: split(place(g, IDENTITY_GATES[n])) for n, g in gates.items()}, real.reshape(n_steps, chunk))
 
-    def step(cache: MCCache, xs):
-        qs, ks, vs, us, gs, valid = xs  # one inner chunk: [b, c, h, *], valid [c]
-        valid_bh = jnp.broadcast_to(valid[None, :, None], (b, chunk, h))
-        data, online = mem.state_pass(spec, ks, vs, gs, cache.online, chunk, valid_bh)
-        y_online = mem.read_online(spec, qs, ks, gs, data, chunk)
+    def step(cache: MCCache, xs: Chunk):
+        y, online = read_step(cache, xs, spec, stages, aggregation=aggregation, top_k=top_k)
+        return append_step(cache, xs, online, spec, stages), y
 
-        masked_keys = ks * valid[None, :, None, None]
-        start = cache.position % size
-        count = (start + jnp.cumsum(valid)).astype(sd)[None, :, None, None]
-        online_pooled = _pool(cache.key_sums[0][:, None] + jnp.cumsum(masked_keys, axis=1), count, pool)
-        online_logit = None if us is None else jnp.einsum("bchd,bchd->bch", us, online_pooled)
-        cached_logits = None if us is None else jnp.einsum("bchd,mbhd->bchm", us, cache.slot_keys)
-        available = jnp.broadcast_to(cache.slot_valid, (b, chunk, h, cache.capacity))
-        gamma, gamma_on = agg.weights(aggregation, cached_logits, online_logit, available, top_k)
-        slots = jax.tree.map(lambda s: jnp.moveaxis(s, 0, 1), cache.slots)  # b m h ...
-        mix = lambda what, x: dense_mix(spec, what, slots, gamma, x, chunk)
-        if aggregation == "soup" and spec.family == "deep":
-            z_online = from_chunks(deep.apply_layer("W2", to_chunks(qs, chunk), data))
-            hidden = jax.nn.gelu(gamma_on[..., None] * z_online + mix("W2", qs))
-            y = (qs * (gamma_on + gamma.sum(-1))[..., None]
-                 + gamma_on[..., None] * from_chunks(deep.apply_layer("W1", to_chunks(hidden, chunk), data))
-                 + mix("W1", hidden))
-        else:
-            y = gamma_on[..., None] * y_online + mix("read", qs)
-
-        # --- bookkeeping: position, key sums, in-progress levels, and the append at a completed segment ------
-        position = cache.position + jnp.sum(valid).astype(jnp.int32)
-        key_sums = cache.key_sums + masked_keys.sum(1)[None]
-        levels = cache.levels
-        if levels is not None:
-            n_lv = jax.tree.leaves(levels)[0].shape[0]
-            runs = lambda x: jnp.broadcast_to(x[None], (n_lv,) + x.shape).reshape(n_lv * b, *x.shape[1:])
-            flat = jax.tree.map(lambda s: s.reshape(n_lv * b, *s.shape[2:]), levels)
-            _, advanced = mem.state_pass(spec, runs(ks), runs(vs), {n: runs(g) for n, g in gs.items()}, flat,
-                                         chunk, runs(valid_bh))
-            levels = jax.tree.map(lambda s: s.reshape(n_lv, b, *s.shape[1:]), advanced)
-        done = valid[-1] & (position % size == 0)  # this chunk ended with the segment's last token
-        block = (position - 1) // size
-        fresh = cache.initial if init == "independent" else online
-        if segmentation == "constant":
-            slot = block
-            level_memory = online
-            key_sums_done = jnp.zeros_like(key_sums)
-        else:
-            slot = jax.lax.population_count(block ^ (block + 1)) - 1  # trailing ones of the finished block
-            if levels is None:
-                level_memory = online
-            else:
-                stacked = jax.tree.map(lambda o, lv: jnp.concatenate([o[None], lv]), online, levels)
-                level_memory = jax.tree.map(lambda s: s[jnp.minimum(slot, s.shape[0] - 1)], stacked)
-            restart = jnp.arange(key_sums.shape[0]) <= slot
-            key_sums_done = jnp.where(restart[:, None, None, None], 0.0, key_sums)
-            if levels is not None:
-                restart_lv = restart[1:].reshape((-1,) + (1,) * (jax.tree.leaves(levels)[0].ndim - 1))
-                levels = _select(done & restart_lv, jax.tree.map(lambda s: s[None], cache.initial), levels)
-        group_size = size if segmentation == "constant" else size << slot
-        level_keys = key_sums[jnp.minimum(slot, key_sums.shape[0] - 1)] if segmentation == "log" else key_sums[0]
-        slot_valid = cache.slot_valid
-        if segmentation == "log":
-            slot_valid = jnp.where(done & (jnp.arange(cache.capacity) < slot), False, slot_valid)
-        new = MCCache(
-            position=position,
-            online=_select(done, fresh, online),
-            initial=cache.initial,
-            slots=_set_slot(cache.slots, slot, mem.readable(spec, level_memory), done),
-            slot_keys=_set_slot(cache.slot_keys, slot, _pool(level_keys, group_size, pool), done),
-            slot_valid=slot_valid.at[slot].set(done | slot_valid[jnp.minimum(slot, cache.capacity - 1)], mode="drop"),
-            key_sums=jnp.where(done, key_sums_done, key_sums),
-            levels=levels,
-            config=cache.config,
-        )
-        return new, y
-
-    xs = (split(q_b), split(k_b), split(v_b), split(u_b), {n: split(g) for n, g in gates_b.items()},
-          real.reshape(n_steps, chunk))
     cache, ys = jax.lax.scan(step, cache, xs)
     ys = jnp.moveaxis(ys, 0, 1).reshape(b, length, h, -1)
     return jax.lax.dynamic_slice_in_dim(ys, offset, t, axis=1), cache

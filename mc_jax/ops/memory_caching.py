@@ -1,48 +1,53 @@
-"""The public entry point of the ops: :func:`memory_caching`, with argument checks and dispatch."""
+"""The public entry point of the ops: :func:`memory_caching`, with argument checks, and :func:`init_cache`.
+
+``impl`` selects an implementation of each swappable stage (:class:`~mc_jax.ops.stages.Stages`). This package is
+pure XLA math and imports nothing above it: the kernels and the per-backend ``auto`` policy live in
+:mod:`mc_jax.dispatch`, which installs itself here with :func:`register_planner` when :mod:`mc_jax` is imported
+(``import mc_jax.ops`` imports :mod:`mc_jax` first, so the planner is always present). Without a planner ``xla`` and
+``auto`` run XLA and ``pallas`` is refused.
+"""
 
 from __future__ import annotations
 
-import functools
-import warnings
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
 from mc_jax.ops import aggregation as agg
-from mc_jax.ops.cache import MCCache, cache_slots, empty_cache, mc_stream
+from mc_jax.ops.cache import CacheConfig, MCCache, empty_cache, mc_stream
 from mc_jax.ops.memories import MemorySpec, complete_gates, get_memory, initial_state
 from mc_jax.ops.naive import naive_memory_caching
-from mc_jax.ops.parallel import mc_parallel
-from mc_jax.ops.segmentation import SEGMENTATIONS
-from mc_jax.ops.utils import largest_divisor_at_most
+from mc_jax.ops.segmentation import SEGMENTATIONS, cache_slots
+from mc_jax.ops.sequence import mc_sequence
+from mc_jax.ops.stages import XLA_STAGES, Stages
+from mc_jax.ops.utils import check_choice, check_positive, largest_divisor_at_most
 from mc_jax.typing import Array, Float, PyTree
 
-_STATIC = ("spec", "aggregation", "segmentation", "segment_size", "top_k", "init", "pool", "chunk")
-_parallel = jax.jit(mc_parallel, static_argnames=_STATIC + ("kernels",))
+_STATIC = ("spec", "aggregation", "segmentation", "segment_size", "top_k", "init", "pool", "chunk", "stages")
+_sequence = jax.jit(mc_sequence, static_argnames=_STATIC)
 _stream = jax.jit(mc_stream, static_argnames=_STATIC)
 
 INITS = ("independent", "checkpoint")
-POOLS = ("mean", "sum")
 IMPLS = ("auto", "naive", "xla", "pallas")
-DEFAULT_CHUNK = {"linear": 64, "deep": 16}
 
-# The kernels ``impl="pallas"`` uses (linear memories, parallel form).
-KERNELS = frozenset({"chunk_state", "cache_read_dense", "cache_read_sparse"})
-# The kernels ``impl="auto"`` uses per backend, with the largest head dim each was measured faster at: only where
-# a kernel beat XLA. On an H100 (benchmarks/results/gpu_h100_2026-11-26, docs/performance.md) the top-k sparse read
-# won at Dk = Dv = 64 (whole op 1.4-2.9x, read alone 1.2-20x) and lost at 128 (0.12x); the chunk-state pass and
-# the dense read lost to XLA's batched matmuls with their first defaults and were not re-measured after the
-# chunk-state tile fix. TPU: the kernels' target layout (grid-carried state in VMEM); not measured here.
-AUTO_KERNELS: dict[str, dict[str, int]] = {
-    "cpu": {},
-    "gpu": {"cache_read_sparse": 64},
-    "tpu": {name: 1 << 30 for name in KERNELS},
-}
+# impl, spec, streaming, head_dim -> Stages; installed by mc_jax.dispatch.
+Planner = Callable[[str, MemorySpec, bool, int], Stages]
+_PLANNER: list[Planner] = []
 
 
-def _check_choice(name: str, value, options) -> None:
-    if value not in options:
-        raise ValueError(f"{name}={value!r} is not supported; choose one of {list(options)}")
+def register_planner(planner: Planner) -> None:
+    """Install the function that turns ``impl`` (``auto`` / ``pallas`` / ``xla``) into :class:`Stages`."""
+    _PLANNER[:] = [planner]
+
+
+def plan_stages(impl: str, spec: MemorySpec, streaming: bool, head_dim: int) -> Stages:
+    """The stage implementations of a call (``head_dim = max(Dk, Dv)``)."""
+    if _PLANNER:
+        return _PLANNER[0](impl, spec, streaming, head_dim)
+    if impl == "pallas":
+        raise ValueError("impl='pallas' needs the dispatch layer: import mc_jax (or mc_jax.dispatch) first")
+    return XLA_STAGES
 
 
 def resolve_chunk(spec: MemorySpec, segment_size: int, chunk_size: int | None) -> int:
@@ -54,46 +59,16 @@ def resolve_chunk(spec: MemorySpec, segment_size: int, chunk_size: int | None) -
     """
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive int or None; got {chunk_size!r}")
-    if spec.family == "deep":
-        if chunk_size is None:
-            return largest_divisor_at_most(segment_size, DEFAULT_CHUNK["deep"])
-        if segment_size % chunk_size:
-            raise ValueError(
-                f"for deep memory {spec.name!r} segment_size ({segment_size}) must be a multiple of chunk_size "
-                f"({chunk_size}); change one of them (e.g. chunk_size={largest_divisor_at_most(segment_size, chunk_size)})"
-            )
-        return chunk_size
-    return largest_divisor_at_most(segment_size, chunk_size or DEFAULT_CHUNK["linear"])
-
-
-@functools.cache
-def _warn_fallback(reason: str) -> None:
-    warnings.warn(f"impl='pallas': {reason}; using the XLA implementation", stacklevel=3)
-
-
-def resolve_impl(impl: str, spec: MemorySpec, streaming: bool, head_dim: int = 0) -> frozenset[str]:
-    """The Pallas kernels a call uses (empty: all XLA).
-
-    ``xla``: none. ``pallas``: every kernel (:data:`KERNELS`). ``auto``: the kernels measured faster on this backend
-    at this ``head_dim`` (``max(Dk, Dv)``; :data:`AUTO_KERNELS`; none on CPU). Deep memories and the streaming form
-    have no kernel: ``pallas`` falls back to XLA there with a one-time warning, ``auto`` silently.
-    """
-    if impl == "xla":
-        return frozenset()
-    if impl == "pallas":
-        kernels = KERNELS
-    else:
-        table = AUTO_KERNELS.get(jax.default_backend(), {})
-        kernels = frozenset(name for name, max_dim in table.items() if head_dim <= max_dim)
-    if kernels and spec.family == "deep":
-        if impl == "pallas":
-            _warn_fallback(f"no kernel for deep memory {spec.name!r}")
-        return frozenset()
-    if kernels and streaming:
-        if impl == "pallas":
-            _warn_fallback("the streaming form (cache / return_cache) has no kernel yet")
-        return frozenset()
-    return kernels
+    if not spec.family.deep:
+        return largest_divisor_at_most(segment_size, chunk_size or spec.family.default_chunk)
+    if chunk_size is None:
+        return largest_divisor_at_most(segment_size, spec.family.default_chunk)
+    if segment_size % chunk_size:
+        raise ValueError(
+            f"for deep memory {spec.name!r} segment_size ({segment_size}) must be a multiple of chunk_size "
+            f"({chunk_size}); change one of them (e.g. chunk_size={largest_divisor_at_most(segment_size, chunk_size)})"
+        )
+    return chunk_size
 
 
 def _check_arrays(q, k, v, u) -> None:
@@ -110,6 +85,40 @@ def _check_arrays(q, k, v, u) -> None:
         raise ValueError(f"u must have the shape of q {q.shape}; got {u.shape}")
     if q.shape[1] < 1:
         raise ValueError("the sequence is empty (T = 0); pass at least one token")
+
+
+def _check_settings(aggregation, segmentation, segment_size, top_k, init, pool, impl) -> None:
+    check_choice("aggregation", aggregation, agg.AGGREGATIONS)
+    check_choice("segmentation", segmentation, SEGMENTATIONS)
+    check_choice("init", init, INITS)
+    check_choice("pool", pool, agg.POOLS)
+    check_choice("impl", impl, IMPLS)
+    check_positive("segment_size", segment_size)
+    if aggregation == "ssc":
+        if not isinstance(top_k, int) or top_k < 1:
+            raise ValueError(f"aggregation='ssc' needs top_k >= 1 (cached memories kept per token); got {top_k!r}")
+    elif top_k is not None:
+        raise ValueError(f"top_k is only used by aggregation='ssc'; drop it or use ssc (got aggregation={aggregation!r})")
+
+
+def _check_cache(cache: MCCache, expected: CacheConfig, params, shape: tuple[int, int, int, int]) -> None:
+    """A cache passed in must fit this call: same settings, no new params, same [B, H, Dk], room for the tokens."""
+    b, t, h, dk = shape
+    if cache.config != expected:
+        raise ValueError(f"the cache was built for (memory, segmentation, segment_size, init, pool, chunk) = "
+                         f"{tuple(cache.config)}, but this call uses {tuple(expected)}")
+    if params is not None:
+        raise ValueError("params is the initial memory of a new sequence; a call that continues a cache "
+                         "takes it from the cache (drop params)")
+    lead = jnp.shape(cache.slot_keys)[1:4]
+    if lead != (b, h, dk):
+        raise ValueError(f"the cache holds [B, H, Dk] = {lead}, but q has {(b, h, dk)}")
+    if not isinstance(cache.position, jax.core.Tracer):  # under jit the capacity is the caller's contract
+        needed = cache_slots(int(cache.position) + t, expected.segmentation, expected.segment_size)
+        if needed > cache.capacity:
+            raise ValueError(
+                f"the cache has {cache.capacity} slots but {int(cache.position) + t} tokens need {needed}; "
+                f"create it with init_cache(..., max_len=<total tokens>) and pass it to the first call")
 
 
 def memory_caching(
@@ -152,8 +161,10 @@ def memory_caching(
         chunk_size: inner chunk size; must divide ``segment_size`` for deep memories (default: a divisor <= 16).
         impl: ``xla`` (chunk-wise XLA), ``pallas`` (Pallas kernels for the state pass and the cached read of linear
             memories; interpret mode on CPU), ``auto`` (per backend, the kernels measured faster than XLA: see
-            :data:`AUTO_KERNELS`; XLA on CPU) or ``naive`` (the per-token definition; slow). Where no kernel covers
-            a configuration (deep memories, the streaming form) ``pallas`` falls back to XLA with a one-time warning.
+            :data:`mc_jax.dispatch.AUTO_KERNELS`; XLA on CPU) or ``naive`` (the per-token definition; slow). Where
+            no kernel covers a configuration (deep memories, the streaming form) ``pallas`` falls back to XLA with a
+            one-time warning. ``auto`` / ``pallas`` are resolved by :mod:`mc_jax.dispatch` (see
+            :func:`register_planner`).
         return_cache: also return an :class:`MCCache` to continue from (decoding, or a second call).
         cache: continue from this cache (from ``return_cache=True`` or :func:`init_cache`).
 
@@ -161,18 +172,7 @@ def memory_caching(
         ``y [B, T, H, Dv]`` in the dtype of ``q``, or ``(y, cache)`` when ``return_cache`` is set.
     """
     spec = get_memory(memory)
-    _check_choice("aggregation", aggregation, agg.AGGREGATIONS)
-    _check_choice("segmentation", segmentation, SEGMENTATIONS)
-    _check_choice("init", init, INITS)
-    _check_choice("pool", pool, POOLS)
-    _check_choice("impl", impl, IMPLS)
-    if not isinstance(segment_size, int) or segment_size < 1:
-        raise ValueError(f"segment_size must be a positive int; got {segment_size!r}")
-    if aggregation == "ssc":
-        if not isinstance(top_k, int) or top_k < 1:
-            raise ValueError(f"aggregation='ssc' needs top_k >= 1 (cached memories kept per token); got {top_k!r}")
-    elif top_k is not None:
-        raise ValueError(f"top_k is only used by aggregation='ssc'; drop it or use ssc (got aggregation={aggregation!r})")
+    _check_settings(aggregation, segmentation, segment_size, top_k, init, pool, impl)
     _check_arrays(q, k, v, u)
     if aggregation in agg.GATED and u is None:
         raise ValueError(f"aggregation={aggregation!r} needs u [B, T, H, Dk] for its gate / router logits")
@@ -183,42 +183,24 @@ def memory_caching(
     kwargs = dict(aggregation=aggregation, segmentation=segmentation, segment_size=segment_size, top_k=top_k,
                   init=init, pool=pool)
     u_used = u if aggregation in agg.GATED else None
-
+    streaming = cache is not None or return_cache
     if impl == "naive":
-        if return_cache or cache is not None:
+        if streaming:
             raise ValueError("impl='naive' is the per-token definition without a cache; use impl='xla' for caches")
         state = initial_state(spec, params, b, h, dk, dv)
-        y = naive_memory_caching(q, k, v, u_used, gates, state, spec, chunk_size=chunk, **kwargs)
-        return y.astype(q.dtype)
-
-    kernels = resolve_impl(impl, spec, streaming=cache is not None or return_cache, head_dim=max(dk, dv))
-    if cache is None and not return_cache:
+        return naive_memory_caching(q, k, v, u_used, gates, state, spec, chunk_size=chunk, **kwargs).astype(q.dtype)
+    stages = plan_stages(impl, spec, streaming=streaming, head_dim=max(dk, dv))
+    if not streaming:
         state = initial_state(spec, params, b, h, dk, dv)
-        y = _parallel(q, k, v, u_used, gates, state, spec=spec, chunk=chunk, kernels=kernels, **kwargs)
-        return y.astype(q.dtype)
-
+        return _sequence(q, k, v, u_used, gates, state, spec=spec, chunk=chunk, stages=stages, **kwargs).astype(q.dtype)
+    config = CacheConfig(spec.name, segmentation, segment_size, init, pool, chunk)
     if cache is None:  # a fresh cache sized for this call; use init_cache to leave room for more tokens
         state = initial_state(spec, params, b, h, dk, dv)
         cache = empty_cache(spec, state, max_len=t, segmentation=segmentation, segment_size=segment_size,
                             init=init, pool=pool, chunk=chunk)
     else:
-        expected = (spec.name, segmentation, segment_size, init, pool, chunk)
-        if cache.config != expected:
-            raise ValueError(f"the cache was built for (memory, segmentation, segment_size, init, pool, chunk) = "
-                             f"{cache.config}, but this call uses {expected}")
-        if params is not None:
-            raise ValueError("params is the initial memory of a new sequence; a call that continues a cache "
-                             "takes it from the cache (drop params)")
-        lead = jnp.shape(cache.slot_keys)[1:4]
-        if lead != (b, h, dk):
-            raise ValueError(f"the cache holds [B, H, Dk] = {lead}, but q has {(b, h, dk)}")
-        if not isinstance(cache.position, jax.core.Tracer):  # under jit the capacity is the caller's contract
-            needed = cache_slots(int(cache.position) + t, segmentation, segment_size)
-            if needed > cache.capacity:
-                raise ValueError(
-                    f"the cache has {cache.capacity} slots but {int(cache.position) + t} tokens need {needed}; "
-                    f"create it with init_cache(..., max_len=<total tokens>) and pass it to the first call")
-    y, cache = _stream(q, k, v, u_used, gates, cache, spec=spec, chunk=chunk, **kwargs)
+        _check_cache(cache, config, params, (b, t, h, dk))
+    y, cache = _stream(q, k, v, u_used, gates, cache, spec=spec, chunk=chunk, stages=stages, **kwargs)
     y = y.astype(q.dtype)
     return (y, cache) if return_cache else y
 
@@ -240,13 +222,11 @@ def init_cache(
 ) -> MCCache:
     """An empty cache with room for ``max_len`` tokens, for streaming / decoding with :func:`memory_caching`."""
     spec = get_memory(memory)
-    _check_choice("segmentation", segmentation, SEGMENTATIONS)
-    _check_choice("init", init, INITS)
-    _check_choice("pool", pool, POOLS)
-    if not isinstance(segment_size, int) or segment_size < 1:
-        raise ValueError(f"segment_size must be a positive int; got {segment_size!r}")
-    if not isinstance(max_len, int) or max_len < 1:
-        raise ValueError(f"max_len must be a positive int; got {max_len!r}")
+    check_choice("segmentation", segmentation, SEGMENTATIONS)
+    check_choice("init", init, INITS)
+    check_choice("pool", pool, agg.POOLS)
+    check_positive("segment_size", segment_size)
+    check_positive("max_len", max_len)
     chunk = resolve_chunk(spec, segment_size, chunk_size)
     state = initial_state(spec, params, batch, heads, dk, dv)
     return empty_cache(spec, state, max_len=max_len, segmentation=segmentation, segment_size=segment_size,

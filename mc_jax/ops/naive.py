@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from mc_jax.ops.memories import MemorySpec, readable
+from mc_jax.ops.memories import DEEP, LINEAR, MemorySpec, readable
 from mc_jax.ops.segmentation import cached_ranges
 from mc_jax.typing import Array, PyTree
 
@@ -23,15 +23,17 @@ def _deep_loss(loss: str):
     return jax.vmap(jax.vmap(jax.grad(value)))  # over batch and heads
 
 
-def memory_step(spec: MemorySpec, state: PyTree, k: Array, v: Array, gates: dict[str, Array], chunk_start: bool):
-    """One token of the base memory; ``k [b, h, dk]``, ``v [b, h, dv]``, gates ``[b, h]``."""
-    if spec.family == "linear":
-        decay = jnp.exp(gates["log_decay"])[..., None, None]
-        if "beta" in gates:
-            beta = gates["beta"][..., None, None]
-            kks = jnp.einsum("bhk,bhj,bhjv->bhkv", k, k, state)
-            return decay * (state - beta * kks) + beta * jnp.einsum("bhk,bhv->bhkv", k, v)
-        return decay * state + jnp.einsum("bhk,bhv->bhkv", k, v)
+def _linear_step(spec: MemorySpec, state, k, v, gates, chunk_start: bool):
+    del spec, chunk_start
+    decay = jnp.exp(gates["log_decay"])[..., None, None]
+    if "beta" in gates:
+        beta = gates["beta"][..., None, None]
+        kks = jnp.einsum("bhk,bhj,bhjv->bhkv", k, k, state)
+        return decay * (state - beta * kks) + beta * jnp.einsum("bhk,bhv->bhkv", k, v)
+    return decay * state + jnp.einsum("bhk,bhv->bhkv", k, v)
+
+
+def _deep_step(spec: MemorySpec, state, k, v, gates, chunk_start: bool):
     weights = state["weights"]
     reference = weights if chunk_start else state["reference"]
     grad = _deep_loss(spec.loss)(reference, k, v)
@@ -47,15 +49,30 @@ def memory_step(spec: MemorySpec, state: PyTree, k: Array, v: Array, gates: dict
     return new
 
 
+def _linear_read(memory, q):
+    return jnp.einsum("bhk,bhkv->bhv", q, memory)
+
+
+def _deep_read(memory, q):
+    hidden = jax.nn.gelu(jnp.einsum("bhfd,bhd->bhf", memory["W2"], q))
+    return q + jnp.einsum("bhdf,bhf->bhd", memory["W1"], hidden)
+
+
+# The per-token definition of each family: (one update step, one read).
+_DEFINITIONS = {LINEAR: (_linear_step, _linear_read), DEEP: (_deep_step, _deep_read)}
+
+
+def memory_step(spec: MemorySpec, state: PyTree, k: Array, v: Array, gates: dict[str, Array], chunk_start: bool):
+    """One token of the base memory; ``k [b, h, dk]``, ``v [b, h, dv]``, gates ``[b, h]``."""
+    return _DEFINITIONS[spec.family][0](spec, state, k, v, gates, chunk_start)
+
+
 _step = jax.jit(memory_step, static_argnums=(0, 5))
 
 
 def read(spec: MemorySpec, memory: PyTree, q: Array) -> Array:
     """Read one token ``q [b, h, dk]`` from a memory's readable part."""
-    if spec.family == "linear":
-        return jnp.einsum("bhk,bhkv->bhv", q, memory)
-    hidden = jax.nn.gelu(jnp.einsum("bhfd,bhd->bhf", memory["W2"], q))
-    return q + jnp.einsum("bhdf,bhf->bhd", memory["W1"], hidden)
+    return _DEFINITIONS[spec.family][1](memory, q)
 
 
 _read = jax.jit(read, static_argnums=0)

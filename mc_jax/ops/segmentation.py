@@ -10,6 +10,15 @@ holds it; it is present exactly when bit ``p`` of ``c`` is set.
 
 from __future__ import annotations
 
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from mc_jax.ops.utils import ceil_div
+from mc_jax.typing import Array, Bool, Int
+
 SEGMENTATIONS = ("constant", "log")
 
 
@@ -26,6 +35,44 @@ def cached_ranges(t: int, segmentation: str, segment_size: int) -> tuple[list[tu
     return ranges, c * segment_size
 
 
-def log_slot_group(block: int, level: int) -> tuple[bool, int]:
-    """For a token in ``block``: whether slot ``level`` is present and which group of that level it holds."""
-    return bool(block >> level & 1), (block >> level) - 1
+def num_levels(num_blocks: int) -> int:
+    """Cache slots needed by log segmentation: bits of the largest block index ``num_blocks - 1``."""
+    return max(1, math.floor(math.log2(num_blocks - 1)) + 1) if num_blocks > 1 else 1
+
+
+def cache_slots(max_len: int, segmentation: str, segment_size: int) -> int:
+    """Slots a streaming cache needs to hold everything up to ``max_len`` tokens."""
+    n = ceil_div(max_len, segment_size)
+    return max(1, n) if segmentation == "constant" else max(1, n.bit_length())
+
+
+class FenwickSlots(NamedTuple):
+    """For every block ``c`` and level ``p``: the level-``p`` group a token of block ``c`` reads (``[nb, m]`` each).
+
+    ``present``: bit ``p`` of ``c`` is set; ``group``: its index ``(c >> p) - 1`` at level ``p`` (0 when absent);
+    ``start`` / ``end``: its blocks ``[start, end)``, ``end = c >> p << p`` (both 0 when absent at ``c < 2^p``).
+    """
+
+    present: Bool[Array, "nb m"]
+    group: Int[Array, "nb m"]
+    start: Int[Array, "nb m"]
+    end: Int[Array, "nb m"]
+
+
+def fenwick_slots(n_blocks: int, levels: int) -> FenwickSlots:
+    """The cached groups of every block (parallel form): slot ``p`` of block ``c`` is present iff bit ``p`` is set."""
+    blocks = jnp.arange(n_blocks)
+    present = jnp.stack([(blocks >> p) & 1 for p in range(levels)], -1).astype(bool)
+    group = jnp.stack([jnp.maximum((blocks >> p) - 1, 0) for p in range(levels)], -1)
+    end = (blocks[:, None] >> jnp.arange(levels)) << jnp.arange(levels)
+    start = jnp.maximum(end - (1 << jnp.arange(levels)), 0)
+    return FenwickSlots(present, group, start, end)
+
+
+def fenwick_merge_level(block: Int[Array, ""]) -> Int[Array, ""]:
+    """The level whose group completes with ``block`` (streaming form): its trailing ones, ``m``.
+
+    Slot ``m`` then holds the group of ``2^m`` blocks ending at ``block``; slots ``< m`` empty (their groups merged
+    into it) and levels ``<= m`` restart.
+    """
+    return jax.lax.population_count(block ^ (block + 1)) - 1

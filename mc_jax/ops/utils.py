@@ -10,6 +10,18 @@ import jax.numpy as jnp
 from mc_jax.typing import Array, Float
 
 
+def check_choice(name: str, value, options) -> None:
+    """``value`` must be one of ``options``."""
+    if value not in options:
+        raise ValueError(f"{name}={value!r} is not supported; choose one of {list(options)}")
+
+
+def check_positive(name: str, value) -> None:
+    """``value`` must be a positive int (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int; got {value!r}")
+
+
 def state_dtype() -> jnp.dtype:
     """Recurrent states are float32, or float64 when x64 is enabled (DESIGN.md section 1)."""
     return jnp.float64 if jax.config.read("jax_enable_x64") else jnp.float32
@@ -54,12 +66,8 @@ def largest_divisor_at_most(n: int, cap: int) -> int:
 
 
 def ceil_div(a: int, b: int) -> int:
+    """``ceil(a / b)`` for positive ints."""
     return -(-a // b)
-
-
-def num_levels(num_blocks: int) -> int:
-    """Cache slots needed by log segmentation: bits of the largest block index ``num_blocks - 1``."""
-    return max(1, math.floor(math.log2(num_blocks - 1)) + 1) if num_blocks > 1 else 1
 
 
 def gelu_and_derivative(z: Array) -> tuple[Array, Array]:

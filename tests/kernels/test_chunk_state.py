@@ -8,7 +8,7 @@ import pytest
 
 from mc_jax.kernels.chunk_state import BlockSizes, reference, state_pass, state_pass_and_read
 from mc_jax.ops.memories import linear
-from mc_jax.ops.parallel import pad_inputs
+from mc_jax.ops.stages import pad_inputs
 from tests.kernels.kernel_inputs import TPU_INTERPRET, compare, linear_inputs, value_and_vjp, weighted_sum
 
 CHUNK = 8

@@ -10,7 +10,7 @@ from mc_jax.ops import memory_caching
 from op_inputs import make_inputs, mc_kwargs
 from tolerances import assert_close
 
-from mc_jax.ops.memory_caching import KERNELS, resolve_impl
+from mc_jax.dispatch import KERNELS, resolve_impl
 from mc_jax.ops.memories import get_memory
 
 # (memory, aggregation, segmentation, init, segment_size): ssc with 2-token segments takes the sparse read (a block

@@ -15,7 +15,7 @@ def make_inputs(memory: str, *, batch=2, length=37, heads=2, dk=8, dv=6, dtype=j
                 expansion=2, initial_state=True):
     """``dict(q, k, v, u, gates, params)`` for :func:`mc_jax.ops.memory_caching`."""
     spec = get_memory(memory)
-    if spec.family == "deep":
+    if spec.family.deep:
         dv = dk
     keys = iter(jax.random.split(jax.random.key(seed), 16))
     normal = lambda shape: jax.random.normal(next(keys), shape, jnp.result_type(float))
@@ -31,7 +31,7 @@ def make_inputs(memory: str, *, batch=2, length=37, heads=2, dk=8, dv=6, dtype=j
         "eta": jax.nn.sigmoid(normal(bth) + 1.0),
     }
     gates = {name: all_gates[name] for name in spec.gate_names}
-    if spec.family == "deep":
+    if spec.family.deep:
         f = expansion * dk
         params = {"W1": 0.3 * normal((heads, dk, f)) / f**0.5, "W2": normal((heads, f, dk)) / dk**0.5}
     else:

@@ -12,12 +12,12 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from mc_jax.kernels._common import IMPLS, Options, check_choice, resolve_interpret, resolve_strategy
+from mc_jax.kernels._common import Options, resolve_interpret, resolve_strategy
 from mc_jax.kernels.cache_read import reference
 from mc_jax.kernels.cache_read.config import BlockSizes, default_block_q  # noqa: F401 - re-exported
 from mc_jax.kernels.cache_read.pallas import cache_read_pallas
 from mc_jax.ops import reads
-from mc_jax.ops.memories import MemorySpec
+from mc_jax.ops.memories import LINEAR, MemorySpec
 from mc_jax.typing import Array, Float, Int
 
 
@@ -79,7 +79,6 @@ def dense_mix(
     x: Float[Array, "b t h i"],
     block: int,
     *,
-    impl: str = "pallas",
     strategy: str = "auto",
     interpret=None,
     block_q: int | None = None,
@@ -87,14 +86,14 @@ def dense_mix(
 ) -> Float[Array, "b t h o"]:
     """Drop-in for :func:`mc_jax.ops.reads.dense_mix` (same arguments, same result).
 
-    The kernel serves linear memories (``spec.family == "linear"``, ``what == "read"``): ``y[t] = sum_m gamma[t, m]
-    x_t^T S_m`` with stack ``[b m h dk dv]``. Deep memories and ``impl="xla"`` go to ``reads.dense_mix``.
+    The kernel serves the linear family (``what == "read"``): ``y[t] = sum_m gamma[t, m] x_t^T S_m`` with stack
+    ``[b m h dk dv]``; other maps (deep memories) go to ``reads.dense_mix``. Which implementation a call of
+    ``memory_caching`` uses is decided by :mod:`mc_jax.dispatch`.
     ``block`` is the XLA path's query block (also the one its backward uses); the kernel's is ``block_q``
     (default: the largest divisor of T <= 128, a multiple of 8 on TPU); ``block_sizes`` sets every tile
     (:class:`~mc_jax.kernels.cache_read.config.BlockSizes`).
     """
-    check_choice("impl", impl, IMPLS)
-    if impl == "xla" or spec.family != "linear" or what != "read":
+    if spec.family is not LINEAR or what != "read":
         return reads.dense_mix(spec, what, stack, gamma, x, block)
     return _dense_pallas(stack, gamma, x, block, _options(x, stack, strategy, interpret, block_q, block_sizes))
 
@@ -152,7 +151,6 @@ def sparse_mix(
     slot_idx: Int[Array, "b h nq k"],
     *,
     block_q: int,
-    impl: str = "pallas",
     strategy: str = "auto",
     interpret=None,
     block_sizes: BlockSizes | None = None,
@@ -163,10 +161,7 @@ def sparse_mix(
     drive the DMA). Equal to ``dense_mix`` whenever ``gamma`` is zero outside the listed slots (see
     :func:`slot_indices`). Indices must be distinct within a block (``lax.top_k`` gives that).
     """
-    check_choice("impl", impl, IMPLS)
     b, t, h, _ = x.shape
     if slot_idx.ndim != 4 or slot_idx.shape[:3] != (b, h, t // block_q) or t % block_q:
         raise ValueError(f"slot_idx must be [B, H, T / block_q, k] = {(b, h, t // block_q, '*')}; got {slot_idx.shape}")
-    if impl == "xla":
-        return reference.sparse_mix(stack, gamma, x, slot_idx, block_q)
     return _sparse_pallas(stack, gamma, x, slot_idx, _options(x, stack, strategy, interpret, block_q, block_sizes))

@@ -1,4 +1,4 @@
-"""Dispatch for the chunk-state pass: ``impl="pallas"`` (kernel) or ``"xla"`` (``linear.state_pass``).
+"""The chunk-state pass as a Pallas kernel, a drop-in for the XLA op ``linear.state_pass``.
 
 The Pallas path is a ``jax.custom_vjp``: forward = XLA per-chunk terms (parallel) + the kernel (sequential);
 backward = ``jax.vjp`` of the XLA op ``linear.state_pass`` recomputed from the saved inputs, so gradients are exactly
@@ -12,7 +12,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from mc_jax.kernels._common import IMPLS, Options, check_choice, resolve_interpret, resolve_strategy
+from mc_jax.kernels._common import Options, resolve_interpret, resolve_strategy
 from mc_jax.kernels.chunk_state import reference
 from mc_jax.kernels.chunk_state.config import BlockSizes
 from mc_jax.kernels.chunk_state.pallas import chunk_state_pallas
@@ -77,7 +77,6 @@ def state_pass(
     chunk: int,
     valid: Array | None = None,
     *,
-    impl: str = "pallas",
     strategy: str = "auto",
     interpret=None,
     block_sizes: BlockSizes | None = None,
@@ -87,7 +86,6 @@ def state_pass(
     Args:
         k, v, gates, state, chunk, valid: as ``linear.state_pass`` (``t`` a multiple of ``chunk``; ``gates`` holds
             ``log_decay`` and, for the delta rule, ``beta``).
-        impl: ``pallas`` (kernel, ``custom_vjp`` with the XLA backward) or ``xla`` (the op itself).
         strategy: ``auto`` (``tpu`` on TPU, else ``gpu``), ``gpu`` (in-kernel loop over chunks) or ``tpu``
             (chunk grid axis ``"arbitrary"``, state in VMEM scratch).
         interpret: ``None`` (interpret exactly on CPU), a bool, or ``pltpu.InterpretParams`` (TPU interpreter).
@@ -96,9 +94,6 @@ def state_pass(
     Returns:
         ``(chunk_starts [r n h dk dv], u [r n h c dv], final [r h dk dv])`` in the state dtype.
     """
-    check_choice("impl", impl, IMPLS)
-    if impl == "xla":
-        return reference.state_pass(k, v, gates, state, chunk, valid)
     del valid  # padded tokens are identity steps (k = 0, beta = 0, log_decay = 0), as in the op
     gates = {name: g for name, g in gates.items() if name in ("log_decay", "beta")}
     return _state_pass_pallas(k, v, gates, state, chunk, _options(k.shape[-1], v.shape[-1], strategy, interpret,

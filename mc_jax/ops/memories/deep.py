@@ -51,6 +51,18 @@ def mlp(weights: PyTree, x: Float[Array, "... c d"]) -> Float[Array, "... c d"]:
     return x + jnp.einsum("...df,...cf->...cd", weights["W1"], jax.nn.gelu(z))
 
 
+def _chunk_coefficients(log_keep, write, theta, log_eta, momentum: bool):
+    """``(alpha [r h c], beta [r h c], C [r h c c], Le | None)`` of one chunk (module docstring)."""
+    keep = decay_matrix(log_keep)  # La
+    alpha = jnp.exp(jnp.cumsum(log_keep, -1))
+    if not momentum:
+        return alpha, jnp.zeros_like(alpha), keep * theta[..., None, :], None
+    mom_decay = decay_matrix(log_eta)  # Le
+    coef = jnp.einsum("rhtm,rhm,rhmi->rhti", keep, write, mom_decay) * theta[..., None, :]
+    beta = jnp.einsum("rhtm,rhm,rhm->rht", keep, write, jnp.exp(jnp.cumsum(log_eta, -1)))
+    return alpha, beta, coef, mom_decay
+
+
 def state_pass(
     k: Float[Array, "r t h d"],
     v: Float[Array, "r t h d"],
@@ -84,15 +96,7 @@ def state_pass(
         m = kn + jnp.einsum("rhdf,rhcf->rhcd", ref["W1"], hid)
         delta = -vn if loss == "dla" else 2.0 * (m - vn)
         eps = jnp.einsum("rhdf,rhcd->rhcf", ref["W1"], delta) * dgelu
-        keep = decay_matrix(lk)  # La
-        alpha = jnp.exp(jnp.cumsum(lk, -1))
-        if momentum:
-            mom_decay = decay_matrix(le)  # Le
-            coef = jnp.einsum("rhtm,rhm,rhmi->rhti", keep, wr, mom_decay) * th[..., None, :]
-            beta = jnp.einsum("rhtm,rhm,rhm->rht", keep, wr, jnp.exp(jnp.cumsum(le, -1)))
-        else:
-            coef = keep * th[..., None, :]
-            beta = jnp.zeros_like(alpha)
+        alpha, beta, coef, mom_decay = _chunk_coefficients(lk, wr, th, le, momentum)
 
         def outer_sum(c):  # sum_i c_i G_i for both layers
             return {

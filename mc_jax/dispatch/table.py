@@ -1,0 +1,119 @@
+"""The implementation table: per stage of Memory Caching, an ordered list of algorithms ending in the XLA one.
+
+A stage's implementation at trace time is the first *enabled* entry whose ``applies`` holds for the call (it gets
+the stage's arguments and decides on static facts: shapes, settings); the XLA entry always applies. Entries of ``state_pass`` take ``(spec, k, v, gates, state, chunk, valid)``;
+entries of ``read_dense`` ``(spec, what, stack, gamma, available, x, *, block, segment_size, aggregation, top_k)``;
+entries of ``read_blocked`` ``(spec, what, stacks, gamma, available, x)`` (see :class:`mc_jax.ops.stages.Stages`).
+
+To add an algorithm: write it as a pure function (math in ``mc_jax.ops``, a kernel in ``mc_jax.kernels``), add an
+:class:`Implementation` to the stage's tuple in :data:`TABLE` before the XLA entry, and enable it by name in
+:mod:`mc_jax.dispatch.policy` (``KERNELS`` for ``impl="pallas"``, ``AUTO_KERNELS`` per backend for ``impl="auto"``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from mc_jax.dispatch import tiling
+from mc_jax.kernels import cache_read, chunk_state
+from mc_jax.ops.memories import LINEAR
+from mc_jax.ops.stages import Stages, xla_read_blocked, xla_read_dense, xla_state_pass
+
+
+def _always(*args, **kwargs) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class Implementation:
+    """One algorithm of one stage.
+
+    Attributes:
+        name: the name policies enable it by (``xla`` entries are always enabled).
+        fn: the implementation (the stage's signature).
+        families: memory families it serves (the policy never enables it for others).
+        streaming: whether it serves the streaming form too.
+        applies: ``applies(*args, **kwargs) -> bool`` with the stage's arguments, on static facts at trace time.
+    """
+
+    name: str
+    fn: Callable
+    families: tuple = (LINEAR,)
+    streaming: bool = False
+    applies: Callable[..., bool] = _always
+
+
+@dataclass(frozen=True)
+class Chain:
+    """A stage implementation that runs the first of ``entries`` that applies (hashable: a static jit argument)."""
+
+    entries: tuple[Implementation, ...]
+
+    def __call__(self, *args, **kwargs):
+        entry = next(e for e in self.entries if e.applies(*args, **kwargs))  # the XLA entry always applies
+        return entry.fn(*args, **kwargs)
+
+
+# --- the kernels' adapters to the stage signatures ---------------------------------------------------------------
+
+
+def pallas_state_pass(spec, k, v, gates, state, chunk: int, valid):
+    """The chunk-state kernel as a ``state_pass`` of the linear family (same results and gradients)."""
+    starts, u, final = chunk_state.state_pass(k, v, gates, state, chunk, valid)
+    return (starts, u), final
+
+
+def pallas_read_dense(spec, what, stack, gamma, available, x, *, block, segment_size, aggregation, top_k):
+    """The dense read kernel (all slots; ``gamma`` is zero where unavailable)."""
+    return cache_read.dense_mix(spec, what, stack, gamma, x, block, block_q=tiling.dense_block_q(segment_size))
+
+
+def pallas_read_sparse(spec, what, stack, gamma, available, x, *, block, segment_size, aggregation, top_k):
+    """The top-k sparse read kernel: per query block only the slots some token of it weights."""
+    bq = tiling.sparse_block_q(segment_size)
+    idx = cache_read.slot_indices(gamma, bq, bq * top_k)
+    return cache_read.sparse_mix(stack, gamma, x, idx, block_q=bq)
+
+
+def _sparse_applies(spec, what, stack, gamma, available, x, *, block, segment_size, aggregation, top_k) -> bool:
+    return what == "read" and aggregation == "ssc" and tiling.sparse_pays(segment_size, top_k, gamma.shape[-1])
+
+
+def _dense_applies(spec, what, stack, gamma, available, x, **settings) -> bool:
+    return what == "read"
+
+
+XLA = "xla"
+TABLE: dict[str, tuple[Implementation, ...]] = {
+    "state_pass": (
+        Implementation("chunk_state", pallas_state_pass),
+        Implementation(XLA, xla_state_pass, families=(), streaming=True),
+    ),
+    "read_dense": (
+        Implementation("cache_read_sparse", pallas_read_sparse, applies=_sparse_applies),
+        Implementation("cache_read_dense", pallas_read_dense, applies=_dense_applies),
+        Implementation(XLA, xla_read_dense, families=(), streaming=True),
+    ),
+    "read_blocked": (
+        Implementation(XLA, xla_read_blocked, families=(), streaming=True),
+    ),
+}
+
+
+def build_stages(enabled: frozenset[str], table: dict[str, tuple[Implementation, ...]] | None = None) -> Stages:
+    """:class:`Stages` running, per stage, the enabled entries of ``table`` (default :data:`TABLE`) then XLA.
+
+    A stage with only its XLA entry left gets the plain XLA function (the same static argument as ``xla``).
+    """
+    table = TABLE if table is None else table
+    chains = {}
+    for stage, entries in table.items():
+        chosen = tuple(e for e in entries if e.name == XLA or e.name in enabled)
+        chains[stage] = chosen[0].fn if len(chosen) == 1 else Chain(chosen)
+    return Stages(**chains)
+
+
+def implementation_names() -> frozenset[str]:
+    """Every non-XLA entry of the table."""
+    return frozenset(e.name for entries in TABLE.values() for e in entries if e.name != XLA)
