@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from mc_jax.data.stacked_mqar import MAX_PAIR_CODES, pair_vocab
+from mc_jax.pair_codes import MAX_PAIR_CODES, pair_vocab
 from mc_jax.ops import AGGREGATIONS, MEMORIES, SEGMENTATIONS
 from mc_jax.ops.memory_caching import IMPLS, resolve_chunk
 

@@ -8,14 +8,10 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # (about 2x faster compiles). Numerics are unchanged: the tests compare against float64 references.
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
-
 import pytest  # noqa: E402
 
-# Shared test helpers (tolerances.py, ops/op_inputs.py) import by module name from any folder.
-_HERE = Path(__file__).parent
-sys.path[:0] = [str(_HERE), str(_HERE / "ops")]
+# Shared test helpers live in tests/helpers and are imported one way: ``from tests.helpers.tolerances import ...``
+# (tests/ is a package; pytest puts the repository root on sys.path, so plain ``pytest`` and ``python -m pytest`` work).
 
 
 @pytest.fixture

@@ -33,9 +33,9 @@ import dataclasses
 import numpy as np
 
 from mc_jax.data.common import IGNORE_INDEX, Example, SeededSource, example_rng, stream_id
+from mc_jax.pair_codes import MAX_PAIR_CODES, pair_codes, pair_vocab, split_pair_codes
 
 _STACKED_STREAM = stream_id("stacked_mqar")
-MAX_PAIR_CODES = 2**31 - 1  # codes are int32 token ids
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,21 +79,6 @@ class StackedMQARConfig:
     def input_vocab(self) -> int:
         """Number of distinct input codes (``num_keys * (num_values + 1)``)."""
         return pair_vocab(self.num_keys, self.num_values)
-
-
-def pair_vocab(num_keys: int, num_values: int) -> int:
-    """Codes ``[0, num_keys * (num_values + 1))`` name every (key, value-or-none) input."""
-    return num_keys * (num_values + 1)
-
-
-def pair_codes(keys: np.ndarray, values: np.ndarray, num_values: int) -> np.ndarray:
-    """Input codes of ``(key, value)`` pairs; ``value = -1`` encodes a query (a key without a value)."""
-    return (np.asarray(keys) * (num_values + 1) + np.asarray(values) + 1).astype(np.int32)
-
-
-def split_pair_codes(codes, num_values: int):
-    """``(keys, values)`` of input codes, ``values = -1`` at queries; works on numpy and jax arrays."""
-    return codes // (num_values + 1), codes % (num_values + 1) - 1
 
 
 def generate_stacked_mqar(config: StackedMQARConfig, rng: np.random.Generator) -> Example:

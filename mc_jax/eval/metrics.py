@@ -38,7 +38,7 @@ from mc_jax.data import (
     split_pair_codes,
 )
 from mc_jax.models import PureModel, generate
-from mc_jax.train.step import token_stats
+from mc_jax.models.loss import token_stats
 
 
 class EvalError(ValueError):

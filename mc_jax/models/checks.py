@@ -1,6 +1,9 @@
-"""Argument checks at the API boundary (jnp gathers clamp out-of-range ids silently, so check them here)."""
+"""Argument checks at the API boundary (jnp gathers clamp out-of-range ids silently, so check them here), and
+:func:`all_finite` for parameter / state trees (also sharded over processes)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -30,3 +33,14 @@ def check_tokens(tokens, vocab_size: int, *, name: str = "tokens") -> None:
         if lo < 0 or hi >= vocab_size:
             bad = lo if lo < 0 else hi
             raise ValueError(f"{name} holds id {bad}, outside the vocabulary [0, {vocab_size})")
+
+
+def all_finite(tree: Any) -> bool:
+    """Whether every floating leaf is finite; also for arrays spread over processes."""
+    leaves = [x for x in jax.tree.leaves(tree) if np.issubdtype(np.dtype(x.dtype), np.floating)]
+    if not leaves:
+        return True
+    if all(getattr(x, "is_fully_addressable", True) for x in leaves):
+        return all(bool(np.all(np.isfinite(np.asarray(x)))) for x in leaves)
+    check = jax.jit(lambda xs: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in xs])))
+    return bool(check(leaves))

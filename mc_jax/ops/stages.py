@@ -26,7 +26,7 @@ from mc_jax.ops.memories import IDENTITY_GATES, MemorySpec
 from mc_jax.ops.memories.linear import from_chunks, to_chunks
 from mc_jax.ops.reads import blocked_mix, dense_mix
 from mc_jax.ops.segmentation import fenwick_slots
-from mc_jax.ops.utils import pad_axis, state_dtype
+from mc_jax.ops.utils import pad_axis
 from mc_jax.typing import Array, Bool, Float, PyTree
 
 # Soft budget of values alive per head in one dense read block (block tokens x cached memories x output width).

@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 
 import jax
-from jax.sharding import AxisType, Mesh
+from jax.sharding import AbstractMesh, AxisType, Mesh
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")  # the mesh axes the batch is split over
@@ -117,3 +117,8 @@ def mesh_for_run(config: MeshConfig, model=None, micro_batch: int | None = None)
 
 
 __all__ = ["BATCH_AXES", "MESH_AXES", "MeshConfig", "make_mesh", "mesh_for_run"]
+
+
+def abstract_mesh(sizes: tuple[int, int, int]) -> AbstractMesh:
+    """A device-free mesh of ``(data, fsdp, tensor)`` sizes (for shardings of abstract shapes)."""
+    return AbstractMesh(tuple(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))

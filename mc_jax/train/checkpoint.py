@@ -24,7 +24,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import SingleDeviceSharding
 
-from mc_jax.parallel.training import all_finite
+from mc_jax.models.checks import all_finite
 
 from mc_jax.train.config import RunConfig, config_diff, config_from_dict, config_to_dict
 

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from mc_jax.configs_util import apply_overrides
-from mc_jax.parallel.distributed import initialize_from_env
+from mc_jax.train.distributed import initialize_from_env
 from mc_jax.train.checkpoint import CheckpointError, read_run_file, write_json_atomic
 from mc_jax.train.config import (
     DEFAULT_PRESET,

@@ -73,7 +73,7 @@ def build_task_data(config: RunConfig, eval_batch_size: int | None = None,
     """Datasets for ``config.train.task``; raises :class:`DataError` for unusable data.
 
     ``shard = (index, count)``: this process loads the strided shard ``source[index::count]`` in batches of
-    ``train.batch_size / count`` rows (see :func:`mc_jax.parallel.training.process_rows`). The ``count`` shards'
+    ``train.batch_size / count`` rows (see :func:`mc_jax.train.sharding.process_rows`). The ``count`` shards'
     batch ``j`` together hold exactly the rows of the single-process batch ``j`` (unshuffled sources), so a
     multi-host run sees the same global batches. The held-out batches are whole on every process.
     """

@@ -27,7 +27,7 @@ from jax.experimental import multihost_utils
 
 from mc_jax.models import abstract_model, count_params, create_model
 from mc_jax.parallel.mesh import mesh_for_run
-from mc_jax.parallel.training import TrainSharding, data_shard, init_state
+from mc_jax.train.sharding import TrainSharding, data_shard, init_state
 from mc_jax.train.checkpoint import (
     CKPT_SUBDIR,
     RUN_FILE,

@@ -19,9 +19,9 @@ import optax
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from mc_jax.data import IGNORE_INDEX
+from mc_jax.models.loss import token_stats
 from mc_jax.models import LanguageModel
-from mc_jax.parallel.training import TrainSharding
+from mc_jax.train.sharding import TrainSharding
 
 Batch = dict[str, Any]  # {"inputs": int32[B, L], "labels": int32[B, L]}
 
@@ -34,21 +34,6 @@ def split_model(model: LanguageModel) -> tuple[nnx.GraphDef, dict, Any]:
 
 def merge_model(graphdef: nnx.GraphDef, params: dict, rest: Any) -> LanguageModel:
     return nnx.merge(graphdef, nnx.State(params), rest)
-
-
-def token_stats(logits: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
-    """Summed cross-entropy, labelled-token count, correct argmax count, and per-row "all labels right"."""
-    mask = labels != IGNORE_INDEX
-    safe = jnp.where(mask, labels, 0)
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), safe)
-    right = (jnp.argmax(logits, axis=-1) == safe) & mask
-    return {
-        "loss_sum": jnp.sum(jnp.where(mask, ce, 0.0)),
-        "count": jnp.sum(mask).astype(jnp.float32),
-        "correct": jnp.sum(right).astype(jnp.float32),
-        "row_exact": jnp.all(right | ~mask, axis=-1) & jnp.any(mask, axis=-1),
-        "row_has_label": jnp.any(mask, axis=-1),
-    }
 
 
 def _loss(params, graphdef, rest, batch):
@@ -76,7 +61,7 @@ def make_train_step(graphdef: nnx.GraphDef, rest: Any, tx: optax.GradientTransfo
     batch ``loss`` (before the update), ``grad_norm`` (before clipping), labelled-token ``accuracy`` and ``tokens``
     (labelled).
 
-    With ``shard`` (:class:`~mc_jax.parallel.training.TrainSharding`) the step is compiled for its mesh (pjit
+    With ``shard`` (:class:`~mc_jax.train.sharding.TrainSharding`) the step is compiled for its mesh (pjit
     semantics): parameters and optimizer state keep their shardings in and out, the batch is split over
     ``(data, fsdp)``, metrics are replicated, and the model traces under ``jax.set_mesh`` so that its activation
     constraints and the per-shard MC op apply. ``donate`` reuses the old parameter / optimizer buffers.

@@ -6,9 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import struct
-import sys
 import zlib
-from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
@@ -33,8 +31,7 @@ from mc_jax.eval.png import read_png_size
 from mc_jax.models import PureModel, create_model, generate
 from mc_jax.train import CheckpointError, train
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
-from train_helpers import tiny_config  # noqa: E402  (the tiny run config shared with tests/train and tests/parallel)
+from tests.helpers.train_helpers import tiny_config  # the tiny run config shared with tests/train and tests/parallel
 
 
 @pytest.fixture(scope="module")

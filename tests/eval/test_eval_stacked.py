@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from tolerances import assert_close
+from tests.helpers.tolerances import assert_close
 
 from mc_jax.data import (
     IGNORE_INDEX,
@@ -33,8 +31,7 @@ from mc_jax.eval.metrics import _check_pair_tables
 from mc_jax.models import PureModel, create_model
 from mc_jax.train import train
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
-from train_helpers import stacked_config, tiny_config  # noqa: E402  (the tiny run configs shared with tests/train)
+from tests.helpers.train_helpers import stacked_config, tiny_config  # the tiny run configs shared with tests/train
 
 CFG = StackedMQARConfig(num_kv_pairs=4, num_keys=16, num_values=16)
 

@@ -10,7 +10,7 @@ from mc_jax.kernels.cache_read import dense_mix, reference, slot_indices, sparse
 from mc_jax.ops import aggregation as agg
 from mc_jax.ops import reads
 from mc_jax.ops.memories import get_memory
-from tests.kernels.kernel_inputs import TPU_INTERPRET, compare, value_and_vjp
+from tests.helpers.kernel_inputs import TPU_INTERPRET, compare, naive_cache_read, value_and_vjp
 
 SPEC = get_memory("delta")  # any linear-family memory: the read is q^T S
 BLOCK = 8
@@ -35,7 +35,7 @@ def test_dense_fp32(strategy, interpret):
     stack, gamma, x = _inputs()
     kernel = lambda s, g, x: dense_mix(SPEC, "read", s, g, x, 12, strategy=strategy, interpret=interpret,
                                        block_q=BLOCK)
-    op = lambda s, g, x: reads.dense_mix(SPEC, "read", s, g, x, 12)
+    op = naive_cache_read  # the definition (the kernel's backward is the vjp of reads.dense_mix)
     out, ref, grads, grads_ref = jax.jit(lambda *a: value_and_vjp(kernel, op, *a))(stack, gamma, x)
     compare(out, ref, "float32", "y")
     compare(grads, grads_ref, "float32", "grads")
@@ -58,8 +58,9 @@ def test_sparse_topk(strategy, interpret):
     stack, gamma, x = _inputs(top_k=top_k, m=5, block_routing=True)
     idx = slot_indices(gamma, BLOCK, top_k)
     kernel = lambda s, g, x: sparse_mix(s, g, x, idx, block_q=BLOCK, strategy=strategy, interpret=interpret)
-    # gradients: those of the op on gamma restricted to the listed slots (unlisted slots do not enter the read)
-    op = lambda s, g, x: reference.sparse_mix(s, g, x, idx, BLOCK)
+    # gradients: those of the definition on gamma restricted to the listed slots (unlisted slots do not enter the
+    # read)
+    op = lambda s, g, x: naive_cache_read(s, reference.selected_gamma(g, idx, BLOCK), x)
     out, ref, grads, grads_ref = jax.jit(lambda *a: value_and_vjp(kernel, op, *a))(stack, gamma, x)
     compare(out, ref, "float32", "y")
     compare(out, reads.dense_mix(SPEC, "read", stack, gamma, x, BLOCK), "float32", "y vs dense op")

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import pytest
 
 from mc_jax.ops import memory_caching
-from op_inputs import make_inputs, mc_kwargs
-from tolerances import assert_close
+from tests.helpers.op_inputs import make_inputs, mc_kwargs
+from tests.helpers.tolerances import assert_close
 
 from mc_jax.dispatch import KERNELS, resolve_impl
 from mc_jax.ops.memories import get_memory

@@ -8,6 +8,7 @@ from flax import nnx
 
 from mc_jax.layers.attention import Attention, slot_positions
 from mc_jax.layers.rope import apply_rope
+from tests.helpers.tolerances import assert_allclose
 
 
 def make(window):
@@ -45,8 +46,8 @@ def test_attention_matches_reference_and_streams(window):
         return y, reference(attn, x, window), jnp.concatenate(parts, 1), cache
 
     y, ref, ys, cache = run(x)
-    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(ys, y, rtol=1e-5, atol=1e-5)
+    assert_allclose(y, ref, "float32")
+    assert_allclose(ys, y, "float32")
     assert int(cache.position) == 11
     assert cache.k.shape[1] == (3 if window else 11)  # a sliding window keeps only `window` slots
 

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from tolerances import assert_close
+from tests.helpers.tolerances import assert_close
 
 from mc_jax.config import MixerConfig, ModelConfig
 from mc_jax.layers.block import MIXERS, Block, make_mixer
 from mc_jax.layers.mc_mixer import MCMixer
+from tests.helpers.tolerances import assert_allclose
 
 
 def config(**mixer):
@@ -34,7 +35,7 @@ def test_one_segment_equals_base_layer():
     x = jax.random.normal(jax.random.key(0), (2, 20, 32))
     y_mc, _ = jax.jit(lambda x: mc(x))(x)
     y_base, _ = jax.jit(lambda x: base(x))(x)
-    np.testing.assert_allclose(y_mc, y_base, rtol=1e-5, atol=1e-6)
+    assert_allclose(y_mc, y_base, "float32_fine")
 
 
 def test_parameters_per_memory():

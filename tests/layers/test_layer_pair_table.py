@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from tolerances import assert_close
+from tests.helpers.tolerances import assert_close
 
 from mc_jax.config import MixerConfig, ModelConfig
 from mc_jax.data import StackedMQARConfig, StackedMQARSource, pair_codes

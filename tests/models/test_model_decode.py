@@ -10,13 +10,13 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 import pytest
-from model_helpers import tiny, tokens
+from tests.helpers.model_helpers import tiny, tokens
 
 from mc_jax.models.generate import _decode, decode, prefill
 from mc_jax.models.pure import PureModel
+from tests.helpers.tolerances import assert_allclose
 
 PROMPT, TOTAL = 7, 20
 CASES = {
@@ -76,7 +76,7 @@ def results(case: str):
 def test_prefill_decode_equals_forward(case):
     full, streamed, _ = results(case)
     assert full.shape == (2, TOTAL, 50) and full.dtype == jnp.float32
-    np.testing.assert_allclose(streamed, full, rtol=1e-5, atol=1e-5)
+    assert_allclose(streamed, full, "float32")
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -98,11 +98,11 @@ def test_public_prefill_and_decode_steps():
     toks = case_tokens()
     cache = pure.init_cache(state, 2, TOTAL)
     logits, cache = prefill(pure, state, toks[:, :PROMPT], cache)
-    np.testing.assert_allclose(logits, full[:, PROMPT - 1], rtol=1e-5, atol=1e-5)
+    assert_allclose(logits, full[:, PROMPT - 1], "float32")
     shapes = jax.tree.map(jnp.shape, cache)
     compiled = _decode._cache_size()
     for t in range(PROMPT, PROMPT + 6):
         logits, cache = decode(pure, state, toks[:, t], cache)
-        np.testing.assert_allclose(logits, full[:, t], rtol=1e-5, atol=1e-5)
+        assert_allclose(logits, full[:, t], "float32")
         assert jax.tree.map(jnp.shape, cache) == shapes
     assert _decode._cache_size() == compiled + 1  # every step reuses one executable: fixed-shape state

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from model_helpers import tiny
+from tests.helpers.model_helpers import tiny
 
 from mc_jax.models.generate import decode, prefill
 from mc_jax.models.lm import LanguageModel

@@ -7,13 +7,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from model_helpers import tiny, tokens
+from tests.helpers.model_helpers import tiny, tokens
 
 from mc_jax.layers.block import Unit
 from mc_jax.layers.gates import GATES
 from mc_jax.models.lm import LanguageModel, count_params, param_summary
 from mc_jax.models.pure import PureModel, apply
 from mc_jax.ops import memory_caching
+from tests.helpers.tolerances import assert_allclose
 
 
 def rms(x, scale, eps=1e-6):
@@ -77,7 +78,7 @@ def test_forward_equals_hand_composed_reference(mixer, mlp):
         assert (name not in block and name not in block["mixer"]) == off, name
     toks = tokens(2, 13, seed=4)
     logits, ref = jax.jit(lambda s, p: (pure.apply(s, toks), reference_logits(p, toks, cfg)))(state, params)
-    np.testing.assert_allclose(logits, ref, rtol=1e-5, atol=1e-5)
+    assert_allclose(logits, ref, "float32")
 
 
 def unstack(stacked: LanguageModel, looped: LanguageModel) -> None:
@@ -106,7 +107,7 @@ def test_scanned_stack_traces_unit_once_and_equals_loop(monkeypatch):
     traces.clear()
     y_loop = nnx.jit(lambda m, t: m(t))(looped, toks)
     assert len(traces) == 2
-    np.testing.assert_allclose(y_scan, y_loop, rtol=1e-5, atol=1e-5)
+    assert_allclose(y_scan, y_loop, "float32")
     assert count_params(scanned) == count_params(looped) == sum(param_summary(looped).values())
 
 
@@ -130,7 +131,7 @@ def test_pure_view_is_functional():
     before = jax.tree.map(jnp.copy, state)
     y1 = jax.jit(apply, static_argnums=0)(graphdef, state, toks)
     y2 = nnx.jit(lambda m, t: m(t))(model, toks)
-    np.testing.assert_allclose(y1, y2, rtol=1e-5, atol=1e-6)
+    assert_allclose(y1, y2, "float32_fine")
     jax.tree.map(np.testing.assert_array_equal, state, before)
     pure, _ = PureModel.split(model)
     assert pure.num_params(state) == count_params(model)

@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mc_jax.ops import init_cache, memory_caching
-from op_inputs import make_inputs, mc_kwargs, slice_time
-from tolerances import assert_close
+from tests.helpers.op_inputs import make_inputs, mc_kwargs, slice_time
+from tests.helpers.tolerances import assert_close
 
 
 @pytest.mark.parametrize("segmentation", ["constant", "log"])

@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import pytest
 
 from mc_jax.ops import memory_caching
-from op_inputs import MEMORY_NAMES, make_inputs
-from tolerances import assert_close
+from tests.helpers.op_inputs import MEMORY_NAMES, make_inputs
+from tests.helpers.tolerances import assert_close
 
 
 def reference_base_memory(memory, q, k, v, gates, params, chunk):

@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import pytest
 
 from mc_jax.ops import init_cache, memory_caching
-from op_inputs import AGGREGATION_NAMES, MEMORY_NAMES, make_inputs, mc_kwargs, slice_time
-from tolerances import assert_close, assert_rms_close
+from tests.helpers.op_inputs import AGGREGATION_NAMES, MEMORY_NAMES, make_inputs, mc_kwargs, slice_time
+from tests.helpers.tolerances import assert_close, assert_rms_close
 
 LAYOUTS = [("constant", "independent"), ("constant", "checkpoint"), ("log", "independent"), ("log", "checkpoint")]
 COVER = [(m, a, LAYOUTS[(i + j) % 4]) for i, m in enumerate(MEMORY_NAMES) for j, a in enumerate(AGGREGATION_NAMES)]

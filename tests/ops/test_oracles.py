@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from mc_jax.ops import memory_caching
-from op_inputs import make_inputs
-from tolerances import assert_close
+from tests.helpers.op_inputs import make_inputs
+from tests.helpers.tolerances import assert_close
 
 
 def quadratic_mc(q, k, v, u, size, aggregation, init):

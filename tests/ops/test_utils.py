@@ -8,7 +8,7 @@ import pytest
 from jax.scipy.linalg import solve_triangular
 
 from mc_jax.ops.utils import segsum, unit_lower_inverse
-from tolerances import assert_close
+from tests.helpers.tolerances import assert_close
 
 
 @pytest.mark.parametrize("c", [1, 2, 5, 16, 37, 64])

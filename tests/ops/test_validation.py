@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import pytest
 
 from mc_jax.ops import init_cache, memory_caching
-from op_inputs import make_inputs, slice_time
+from tests.helpers.op_inputs import make_inputs, slice_time
 
 
 @pytest.fixture(scope="module")

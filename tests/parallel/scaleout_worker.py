@@ -10,14 +10,13 @@ import json
 import sys
 from pathlib import Path
 
-from mc_jax.parallel.distributed import initialize_from_env
+from mc_jax.train.distributed import initialize_from_env
 
 settings = initialize_from_env()  # before any device is touched
 
 import jax  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from parallel_helpers import loop_config  # noqa: E402
+from tests.helpers.parallel_helpers import loop_config  # noqa: E402
 
 from mc_jax.train import train  # noqa: E402
 from mc_jax.train.checkpoint import Checkpointer  # noqa: E402

@@ -7,7 +7,7 @@ import pytest
 from mc_jax.configs_util import load_preset
 from mc_jax.models import abstract_model, count_params
 from mc_jax.parallel import MeshConfig
-from mc_jax.parallel.memory import device_memory, main
+from tools.device_memory import device_memory, main
 
 
 @pytest.mark.parametrize("preset", ["paper_760m", "paper_1_3b"])

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
-from tolerances import assert_close
+from tests.helpers.tolerances import assert_close
 
 from mc_jax.config import MixerConfig, ModelConfig
 from mc_jax.data import StackedMQARConfig, StackedMQARSource
 from mc_jax.models import PureModel, abstract_model, create_model
 from mc_jax.parallel import MeshConfig, make_mesh
-from mc_jax.parallel.memory import abstract_mesh
+from mc_jax.parallel.mesh import abstract_mesh
 from mc_jax.parallel.rules import param_logical_axes, param_specs
 from mc_jax.train.optim import param_path
 from mc_jax.train.step import merge_model, split_model

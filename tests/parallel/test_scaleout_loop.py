@@ -14,8 +14,8 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from parallel_helpers import LOOP_OVERRIDES, STEPS, loop_config
-from tolerances import assert_close
+from tests.helpers.parallel_helpers import LOOP_OVERRIDES, STEPS, loop_config
+from tests.helpers.tolerances import assert_close
 
 from mc_jax.models import abstract_model
 from mc_jax.train import Checkpointer, read_metrics, train

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import jax
 import numpy as np
-from parallel_helpers import parallel_config, run_steps, setup
-from tolerances import assert_close
+from tests.helpers.parallel_helpers import parallel_config, run_steps, setup
+from tests.helpers.tolerances import assert_close
 
 from mc_jax.train import Checkpointer
 from mc_jax.train.optim import param_path

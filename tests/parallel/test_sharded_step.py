@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
-from parallel_helpers import parallel_config, run_steps, setup
-from tolerances import assert_close
+from tests.helpers.parallel_helpers import parallel_config, run_steps, setup
+from tests.helpers.tolerances import assert_close
 
 from mc_jax.models import abstract_model, create_model
 from mc_jax.ops import memory_caching
 from mc_jax.parallel import MeshConfig, make_mesh
 from mc_jax.parallel.shard_op import sharded_memory_caching
-from mc_jax.parallel.training import TrainSharding, init_state
+from mc_jax.train.sharding import TrainSharding, init_state
 from mc_jax.train.optim import make_optimizer, param_path
 from mc_jax.train.step import split_model
 

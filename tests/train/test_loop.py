@@ -13,7 +13,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from train_helpers import tiny_config
+from tests.helpers.train_helpers import tiny_config
 
 from mc_jax.configs_util import to_dict
 from mc_jax.models import create_model

@@ -7,7 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
-from train_helpers import stacked_config, tiny_config
+from tests.helpers.train_helpers import stacked_config, tiny_config
 
 from mc_jax.data import StackedMQARSource
 from mc_jax.models import count_params, create_model

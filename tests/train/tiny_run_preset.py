@@ -1,7 +1,6 @@
-"""Preset for the subprocess tests (``train.py --preset <this file>``): the tiny test config."""
+"""Preset for the subprocess tests (``train.py --preset <this file>``): the tiny test config.
 
-import sys
-from pathlib import Path
+``train.py`` runs from the repository root, so the test helpers import as a package.
+"""
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_helpers import TINY as CONFIG  # noqa: E402,F401
+from tests.helpers.train_helpers import TINY as CONFIG  # noqa: F401

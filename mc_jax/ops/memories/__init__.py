@@ -1,7 +1,8 @@
 """Base memories: a small table of strategies over two families (linear state, deep MLP state).
 
 Each memory defines which per-token gates it reads (``[b, t, h]`` arrays in ``gates``), their identity values (used
-for defaults and to pad a sequence with identity steps) and how its state is initialised, updated and read.
+for defaults and to pad a sequence with identity steps) and its family (:mod:`.families`: how its state is
+initialised, updated and read; the chunk forms are in :mod:`.linear` and :mod:`.deep`).
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from dataclasses import dataclass
 
 import jax.numpy as jnp
 
-from mc_jax.ops.memories import deep, linear
 from mc_jax.ops.memories.families import DEEP, FAMILIES, LINEAR, DeepFamily, LinearFamily
 from mc_jax.typing import Array, PyTree
 

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding
@@ -105,15 +104,4 @@ def init_state(make_params: Callable[[], Any], tx: optax.GradientTransformation,
     return params, opt_state
 
 
-def all_finite(tree: Any) -> bool:
-    """Whether every floating leaf is finite; also for arrays spread over processes."""
-    leaves = [x for x in jax.tree.leaves(tree) if np.issubdtype(np.dtype(x.dtype), np.floating)]
-    if not leaves:
-        return True
-    if all(getattr(x, "is_fully_addressable", True) for x in leaves):
-        return all(bool(np.all(np.isfinite(np.asarray(x)))) for x in leaves)
-    check = jax.jit(lambda xs: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in xs])))
-    return bool(check(leaves))
-
-
-__all__ = ["TrainSharding", "all_finite", "data_shard", "init_state", "process_rows"]
+__all__ = ["TrainSharding", "data_shard", "init_state", "process_rows"]

@@ -1,7 +1,9 @@
 """Parameters and training-state bytes per device for a preset and mesh, from abstract shapes (no devices needed).
 
-    python -m mc_jax.parallel.memory paper_760m paper_1_3b --devices 8 64            # FSDP over all devices
-    python -m mc_jax.parallel.memory paper_1_3b --devices 64 --tensor 4              # fsdp = 16, tensor = 4
+    python -m tools.device_memory paper_760m paper_1_3b --devices 8 64            # FSDP over all devices
+    python -m tools.device_memory paper_1_3b --devices 64 --tensor 4              # fsdp = 16, tensor = 4
+
+A tool above the whole package (it builds abstract models and training states), run from the repository root.
 
 Every parameter's per-device share follows the sharding rules (:mod:`mc_jax.parallel.rules`) on an ``AbstractMesh``;
 a dimension that does not divide stays whole, exactly as in training. Per device: parameters, gradients (same
@@ -17,11 +19,14 @@ from dataclasses import dataclass
 
 import jax
 import numpy as np
-from jax.sharding import AbstractMesh, AxisType, PartitionSpec
+from jax.sharding import PartitionSpec
 
 from mc_jax.config import ModelConfig
-from mc_jax.parallel.mesh import MESH_AXES, MeshConfig
+from mc_jax.configs_util import load_preset
+from mc_jax.models import abstract_model
+from mc_jax.parallel.mesh import MESH_AXES, MeshConfig, abstract_mesh
 from mc_jax.parallel.rules import param_specs
+from mc_jax.train.step import split_model
 
 GIB = 1024**3
 
@@ -43,10 +48,6 @@ class DeviceMemory:
         return self.param_bytes + self.grad_bytes + self.adam_bytes
 
 
-def abstract_mesh(sizes: tuple[int, int, int]) -> AbstractMesh:
-    return AbstractMesh(tuple(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
-
-
 def _shard_factor(spec: PartitionSpec, sizes: dict[str, int]) -> int:
     factor = 1
     for entry in spec:
@@ -57,9 +58,6 @@ def _shard_factor(spec: PartitionSpec, sizes: dict[str, int]) -> int:
 
 def device_memory(model: ModelConfig, mesh: MeshConfig, num_devices: int) -> DeviceMemory:
     """Per-device parameters and bytes of ``model`` on ``mesh`` resolved for ``num_devices`` devices."""
-    from mc_jax.models import abstract_model  # the layers import this package: import the model lazily
-    from mc_jax.train.step import split_model
-
     sizes = mesh.resolve(num_devices)
     mesh.check_model(model, sizes)
     amesh = abstract_mesh(sizes)
@@ -92,9 +90,8 @@ def format_table(rows: list[tuple[str, DeviceMemory]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mc_jax.configs_util import load_preset
 
-    p = argparse.ArgumentParser(prog="python -m mc_jax.parallel.memory", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m tools.device_memory", description=__doc__.split("\n\n")[0])
     p.add_argument("presets", nargs="+", help="model presets (configs/<name>.py defining a ModelConfig)")
     p.add_argument("--devices", type=int, nargs="+", default=[8, 64])
     p.add_argument("--tensor", type=int, default=1, help="tensor-parallel size; fsdp takes the rest")

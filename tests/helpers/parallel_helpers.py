@@ -4,19 +4,16 @@ and a sharded / single-device training step runner (compiled once per mesh and r
 from __future__ import annotations
 
 import functools
-import sys
-from pathlib import Path
 
 import jax
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
-from train_helpers import tiny_config  # noqa: E402
+from tests.helpers.train_helpers import tiny_config  # noqa: E402
 
 from mc_jax.data import MQARSource  # noqa: E402
 from mc_jax.models import create_model  # noqa: E402
 from mc_jax.parallel import MeshConfig, make_mesh  # noqa: E402
-from mc_jax.parallel.training import TrainSharding  # noqa: E402
+from mc_jax.train.sharding import TrainSharding  # noqa: E402
 from mc_jax.train.optim import make_optimizer  # noqa: E402
 from mc_jax.train.step import make_train_step, reshape_for_accum, split_model  # noqa: E402
 
