@@ -17,16 +17,18 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from mc_jax.pair_codes import MAX_PAIR_CODES, pair_vocab
+import jax
+
 from mc_jax.ops import AGGREGATIONS, MEMORIES, SEGMENTATIONS
-from mc_jax.ops.memory_caching import IMPLS, resolve_chunk
+from mc_jax.ops.aggregation import POOLS
+from mc_jax.ops.memory_caching import IMPLS, INITS, resolve_chunk
+from mc_jax.pair_codes import MAX_PAIR_CODES, pair_vocab
 
 MIXER_KINDS = ("mc", "none", "attention", "sliding_window")
 RECURRENT_KINDS = ("mc", "none")
-INITS = ("independent", "checkpoint")
-POOLS = ("mean", "sum")
 ROUTER_INITS = ("normal", "zeros")
-FEATURE_MAPS = ("silu", "identity", "relu")  # applied to the query / key projections before the l2 normalisation
+# applied to the query / key (and value) projections; q and k are l2-normalised after it
+FEATURE_MAPS = {"silu": jax.nn.silu, "identity": lambda x: x, "relu": jax.nn.relu}
 DTYPES = ("float32", "bfloat16", "float16")
 INPUTS = ("tokens", "pair_table")
 
@@ -194,8 +196,8 @@ class ModelConfig:
             compiles once.
         tie_embeddings: share the embedding with the LM head.
         dtype: compute dtype (activations, matmuls); params stay ``param_dtype`` and recurrent states float32.
-        scan_layers: stack the layer units and run them with ``nnx.scan`` (one compilation of the unit).
-        remat: rematerialise each unit in the backward pass (``nnx.remat``).
+        scan_layers: stack the layer units and run them with ``jax.lax.scan`` (one compilation of the unit).
+        remat: rematerialise each unit in the backward pass (``jax.checkpoint``).
         inputs: ``tokens`` (a learned embedding and LM head over ``vocab_size`` ids) or ``pair_table`` (stacked
             MQAR, :mod:`mc_jax.layers.pair_table`): inputs are (key, value) pair codes embedded through frozen
             unit-norm tables of ``num_keys`` keys and ``vocab_size`` values, logits are dot products with the

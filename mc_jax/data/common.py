@@ -16,6 +16,9 @@ import numpy as np
 IGNORE_INDEX: int = -100
 """Label value for positions that carry no target (ignored by losses and metrics)."""
 
+EVAL_SEED: int = 1_000_003
+"""Seed of the held-out evaluation examples (disjoint from the training stream's seeds by convention)."""
+
 
 class Example(TypedDict):
     """One next-token example: ``inputs[t]`` is trained to predict ``labels[t]``."""

@@ -32,12 +32,13 @@ from typing import Literal
 import numpy as np
 
 from mc_jax.data.common import IGNORE_INDEX, Example, check_index, example_rng, stream_id
+from mc_jax.data.tokenizer import BYTE_VOCAB_SIZE
 
 NeedleKind = Literal["passkey", "number", "uuid"]
 HaystackKind = Literal["noise", "essay"]
 TemplateName = Literal["ruler", "compact"]
 
-NIAH_VOCAB_SIZE = 256
+NIAH_VOCAB_SIZE = BYTE_VOCAB_SIZE
 NOISE_FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 
 _NIAH_STREAM = stream_id("niah")
@@ -348,43 +349,3 @@ def evenly_spaced_depths(n: int) -> tuple[float, ...]:
 def depth_length_grid(config: NIAHConfig, seq_lens: Sequence[int], depths: Sequence[float]) -> list[NIAHConfig]:
     """One config per (seq_len, depth) cell, seq_len-major, each validated."""
     return [dataclasses.replace(config, seq_len=L, depth=float(d)) for L in seq_lens for d in depths]
-
-
-def exact_match(pred_tokens: np.ndarray, answer_tokens: np.ndarray) -> np.ndarray:
-    """Whether each predicted answer equals the reference, over the last axis.
-
-    Shapes ``[..., n]`` and ``[..., n]`` (broadcastable) give a bool array of shape
-    ``[...]`` (a 0-d array for 1-D inputs).
-    """
-    pred, ans = np.asarray(pred_tokens), np.asarray(answer_tokens)
-    if pred.ndim == 0 or ans.ndim == 0 or pred.shape[-1] != ans.shape[-1]:
-        raise ValueError(
-            f"pred_tokens {pred.shape} and answer_tokens {ans.shape} must have the same answer length on the last axis."
-        )
-    return np.asarray(np.all(pred == ans, axis=-1))
-
-
-def masked_exact_match(pred_tokens: np.ndarray, labels: np.ndarray, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
-    """Teacher-forced exact match: per row, all labelled positions predicted correctly.
-
-    ``pred_tokens`` and ``labels`` have shape ``[..., L]``; the result has shape ``[...]``.
-    """
-    pred, lab = np.asarray(pred_tokens), np.asarray(labels)
-    if pred.shape != lab.shape:
-        raise ValueError(f"pred_tokens {pred.shape} and labels {lab.shape} must have the same shape.")
-    mask = lab != ignore_index
-    if not np.all(mask.any(axis=-1)):
-        raise ValueError("some rows have no labelled position; cannot score them.")
-    return np.asarray(np.all((pred == lab) | ~mask, axis=-1))
-
-
-def masked_token_accuracy(pred_tokens: np.ndarray, labels: np.ndarray, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
-    """Per row, the fraction of labelled positions predicted correctly (shape ``[...]``)."""
-    pred, lab = np.asarray(pred_tokens), np.asarray(labels)
-    if pred.shape != lab.shape:
-        raise ValueError(f"pred_tokens {pred.shape} and labels {lab.shape} must have the same shape.")
-    mask = lab != ignore_index
-    count = mask.sum(axis=-1)
-    if not np.all(count > 0):
-        raise ValueError("some rows have no labelled position; cannot score them.")
-    return np.asarray(((pred == lab) & mask).sum(axis=-1) / count)

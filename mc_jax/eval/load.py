@@ -89,9 +89,4 @@ def load_checkpoint(path: str | os.PathLike[str], *, step: int | None = None,
     return LoadedRun(config=config, step=step, run_dir=run_dir, pure=pure, state=state, params=params)
 
 
-def model_state(model) -> tuple[PureModel, Any]:
-    """``PureModel.split`` for a live model (e.g. a random one in tests)."""
-    return PureModel.split(model)
-
-
-__all__ = ["LoadedRun", "load_checkpoint", "model_state"]
+__all__ = ["LoadedRun", "load_checkpoint"]

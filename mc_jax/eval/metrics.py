@@ -37,6 +37,8 @@ from mc_jax.data import (
     read_text,
     split_pair_codes,
 )
+from mc_jax.data.common import EVAL_SEED
+from mc_jax.data.tokenizer import BYTE_VOCAB_SIZE
 from mc_jax.models import PureModel, generate
 from mc_jax.models.loss import token_stats
 
@@ -103,7 +105,7 @@ def text_perplexity(pure: PureModel, state: Any, path: str | os.PathLike[str], *
         text = read_text(path)
     except ValueError as err:
         raise EvalError(str(err)) from None
-    _check_vocab(pure, 256, f"the byte-level text {os.fspath(path)!r}")
+    _check_vocab(pure, BYTE_VOCAB_SIZE, f"the byte-level text {os.fspath(path)!r}")
     tokens = ByteTokenizer().encode(text)
     if max_tokens is not None:
         tokens = tokens[: max_tokens + 1]
@@ -117,7 +119,7 @@ def text_perplexity(pure: PureModel, state: Any, path: str | os.PathLike[str], *
 
 
 # ---- MQAR --------------------------------------------------------------------------------------------------------------
-def mqar_accuracy(pure: PureModel, state: Any, config: MQARConfig, *, num_examples: int = 512, seed: int = 1_000_003,
+def mqar_accuracy(pure: PureModel, state: Any, config: MQARConfig, *, num_examples: int = 512, seed: int = EVAL_SEED,
                   batch_size: int = 64) -> dict[str, float]:
     """Accuracy over MQAR query positions (Zoology's metric) and the fraction of sequences with every query right."""
     _check_vocab(pure, config.vocab_size, "the MQAR task")
@@ -159,7 +161,7 @@ def _predict(pure: PureModel, state: Any, inputs: jax.Array) -> jax.Array:
 
 
 def stacked_mqar_accuracy(pure: PureModel, state: Any, config: StackedMQARConfig, *, num_examples: int = 512,
-                          seed: int = 1_000_003, batch_size: int = 64, bucket: int = 8) -> dict[str, Any]:
+                          seed: int = EVAL_SEED, batch_size: int = 64, bucket: int = 8) -> dict[str, Any]:
     """Accuracy over the queries of ``num_examples`` stacked-MQAR sequences, exact match, loss, and
     ``by_position``: accuracy of the queries whose pair was written at context positions ``[i, i + bucket)``, one
     entry per bucket (with ``bucket`` = the model's segment size, the accuracy per cached segment)."""
@@ -220,13 +222,13 @@ def _niah_decode_exact(pure: PureModel, state: Any, src: NIAHSource, batch_size:
 
 
 def niah_grid(pure: PureModel, state: Any, base: NIAHConfig, lengths: Sequence[int], depths: Sequence[float], *,
-              samples: int = 32, seed: int = 1_000_003, batch_size: int = 16, decode: bool = False
+              samples: int = 32, seed: int = EVAL_SEED, batch_size: int = 16, decode: bool = False
               ) -> dict[str, Any]:
     """Exact match (and per-character accuracy) for every (depth, length) cell.
 
     Returns ``{"lengths", "depths", "exact" [D, L], "char_accuracy" [D, L], "samples"}``.
     """
-    _check_vocab(pure, 256, "the byte-level NIAH task")
+    _check_vocab(pure, BYTE_VOCAB_SIZE, "the byte-level NIAH task")
     exact = np.full((len(depths), len(lengths)), np.nan)
     char = np.full_like(exact, np.nan)
     for j, length in enumerate(lengths):
@@ -264,10 +266,10 @@ def niah_csv(grid: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def niah_demo(pure: PureModel, state: Any, config: NIAHConfig, *, seed: int = 1_000_003, index: int = 0
+def niah_demo(pure: PureModel, state: Any, config: NIAHConfig, *, seed: int = EVAL_SEED, index: int = 0
               ) -> dict[str, str]:
     """Greedy-decode the answer of one NIAH example from its prompt."""
-    _check_vocab(pure, 256, "the byte-level NIAH task")
+    _check_vocab(pure, BYTE_VOCAB_SIZE, "the byte-level NIAH task")
     ex = NIAHSource(config, index + 1, seed=seed).example(index)
     n = config.answer_len
     prompt = ex.tokens[:-n].astype(np.int32)
@@ -281,7 +283,7 @@ def niah_demo(pure: PureModel, state: Any, config: NIAHConfig, *, seed: int = 1_
 def generate_text(pure: PureModel, state: Any, prompt: str, *, max_new_tokens: int = 64, temperature: float = 0.0,
                   top_p: float = 1.0, seed: int = 0) -> str:
     """Continue ``prompt`` (byte tokens) and return the generated text only."""
-    _check_vocab(pure, 256, "byte-level generation")
+    _check_vocab(pure, BYTE_VOCAB_SIZE, "byte-level generation")
     tok = ByteTokenizer()
     ids = tok.encode(prompt)
     if ids.size == 0:

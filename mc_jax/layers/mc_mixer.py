@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mc_jax.config import ModelConfig
+from mc_jax.config import FEATURE_MAPS, ModelConfig
 from mc_jax.layers.conv import ShortConv
 from mc_jax.layers.gates import Gates
 from mc_jax.layers.mlp import dense
@@ -28,7 +28,6 @@ from mc_jax.ops import MCCache, init_cache, memory_caching
 from mc_jax.parallel.shard_op import sharded_memory_caching
 from mc_jax.typing import Array, Float
 
-FEATURE_MAPS = {"silu": jax.nn.silu, "identity": lambda x: x, "relu": jax.nn.relu}
 LINEAR_BASE_CHUNK = 64  # inner chunk of a `none` layer over a linear memory (speed only; exact for any chunk)
 
 

@@ -21,7 +21,7 @@ from mc_jax.layers.mlp import dense
 from mc_jax.layers.norms import RMSNorm
 from mc_jax.layers.pair_table import PairTableIO
 from mc_jax.models.checks import check_tokens
-from mc_jax.parallel.rules import constrain
+from mc_jax.parallel.rules import constrain, path_string
 from mc_jax.typing import Array, Float, Int
 
 Cache = Any  # per unit: a tuple of mixer caches; stacked on a leading [units] axis when scanning
@@ -118,9 +118,7 @@ def param_summary(model: nnx.Module, depth: int = 3) -> dict[str, int]:
     """Parameter counts grouped by the first ``depth`` parts of each path, e.g. ``units/blocks/0/mixer``."""
     out: dict[str, int] = {}
     for path, x in jax.tree_util.tree_leaves_with_path(nnx.state(model, nnx.Param)):
-        keys = [str(getattr(k, "key", getattr(k, "idx", k))) for k in path]
-        keys = [k for k in keys if not k.startswith(".")][:depth]  # drop the Variable's own `.value` entry
-        name = "/".join(keys)
+        name = "/".join(path_string(path).split("/")[:depth])  # the Variable's own `.value` entry dropped
         out[name] = out.get(name, 0) + math.prod(x.shape)
     return out
 

@@ -74,16 +74,10 @@ PARAM_AXES: dict[str, Logical] = {
 STACKED_ROOT = "units"  # with scan_layers, parameters under this root carry a leading layer axis
 
 
-def _key(entry: Any) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(entry, attr):
-            return str(getattr(entry, attr))
-    return str(entry)
-
-
 def path_string(path: Sequence[Any]) -> str:
     """``units/blocks/0/mixer/q_proj/kernel`` for a pytree key path (a Variable's ``value`` entry dropped)."""
-    return "/".join(n for n in (_key(e) for e in path) if n not in ("value", ".value"))
+    names = (jax.tree_util.keystr((entry,), simple=True) for entry in path)
+    return "/".join(n for n in names if n not in ("value", ".value"))
 
 
 def param_logical_axes(path: str, ndim: int) -> Logical:

@@ -18,11 +18,13 @@ from typing import Any
 
 from mc_jax.config import MIXER_KINDS, MixerConfig, ModelConfig
 from mc_jax.configs_util import apply_overrides, from_dict, load_preset, to_dict
+from mc_jax.data.common import EVAL_SEED
+from mc_jax.data.tokenizer import BYTE_VOCAB_SIZE
 from mc_jax.parallel.mesh import MeshConfig
 
 TASKS = ("mqar", "stacked_mqar", "text", "niah")
 RECALL_TASKS = ("mqar", "stacked_mqar")  # scored by accuracy over query positions
-BYTE_VOCAB = 256  # the byte tokenizer (text) and the NIAH task use bytes
+BYTE_VOCAB = BYTE_VOCAB_SIZE  # the byte tokenizer (text) and the NIAH task use bytes
 DEFAULT_PRESET = "train_tiny_mqar"
 
 # Fields that may differ between a checkpoint and the config that resumes it: they change neither the math nor the
@@ -72,14 +74,14 @@ class TaskConfig:
 
     kind: str = "mqar"
     seq_len: int = 64
-    vocab_size: int = 256
+    vocab_size: int = BYTE_VOCAB_SIZE
     num_kv_pairs: int = 8
     num_keys: int = 1024
     min_kv_pairs: int = 0
     power_a: float = 0.01
     random_non_queries: bool = True
     eval_examples: int = 512
-    eval_seed: int = 1_000_003
+    eval_seed: int = EVAL_SEED
     path: str = ""
     val_fraction: float = 0.1
     needle: str = "passkey"

@@ -7,6 +7,7 @@ from typing import Any
 import jax
 import optax
 
+from mc_jax.parallel.rules import path_string
 from mc_jax.train.config import TrainConfig
 
 # Parameter names that are never decayed: norm scales, biases, and the learned initial memories of deep memories
@@ -14,16 +15,7 @@ from mc_jax.train.config import TrainConfig
 NO_DECAY_NAMES = frozenset({"scale", "bias", "W1", "W2"})
 
 
-def _key_name(entry: Any) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(entry, attr):
-            return str(getattr(entry, attr))
-    return str(entry)
-
-
-def param_path(path: tuple) -> str:
-    """``units/blocks/0/mixer/q_proj/kernel`` for a pytree path (a Variable's own ``.value`` entry dropped)."""
-    return "/".join(n for n in (_key_name(e) for e in path) if n not in ("value", ".value"))
+param_path = path_string  # ``units/blocks/0/mixer/q_proj/kernel`` for a pytree key path (one home: parallel.rules)
 
 
 def decays(path: tuple) -> bool:
