@@ -22,6 +22,7 @@ import jax
 from mc_jax.ops import AGGREGATIONS, MEMORIES, SEGMENTATIONS
 from mc_jax.ops.aggregation import POOLS
 from mc_jax.ops.memory_caching import IMPLS, INITS, resolve_chunk
+from mc_jax.ops.utils import ceil_div
 from mc_jax.pair_codes import MAX_PAIR_CODES, pair_vocab
 
 MIXER_KINDS = ("mc", "none", "attention", "sliding_window")
@@ -306,7 +307,7 @@ class ModelConfig:
         if self.mlp_hidden is not None:
             return self.mlp_hidden
         m = self.mlp_multiple_of
-        return m * -(-(8 * self.d_model // 3) // m)
+        return m * ceil_div(8 * self.d_model // 3, m)
 
     def replace(self, **changes) -> ModelConfig:
         return dataclasses.replace(self, **changes)

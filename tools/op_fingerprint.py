@@ -6,10 +6,13 @@ streaming form (three calls passing the cache: 20 tokens, 16 tokens, one decodin
 and the gradient of a fixed random projection of the output with respect to every input (q, k, v, u, gates, params).
 Inputs come from numpy's seeded generator, so they do not depend on the code under test.
 
-    python tools/op_fingerprint.py save /tmp/fingerprint.npz      # at one commit
-    python tools/op_fingerprint.py compare /tmp/fingerprint.npz   # at another: bit-for-bit (np.array_equal)
+    python tools/op_fingerprint.py save /tmp/fingerprint.npz [--quick]     # at one commit
+    python tools/op_fingerprint.py compare /tmp/fingerprint.npz [--quick]  # at another: bit-for-bit (np.array_equal)
+    python tools/op_fingerprint.py diff A.npz B.npz                        # two saved fingerprints
 
-The float64 half runs in a subprocess with ``JAX_ENABLE_X64=1``.
+The float64 half runs in a subprocess with ``JAX_ENABLE_X64=1``. The full set is ~360 compilations (about 20 CPU
+minutes); ``--quick`` is a covering subset (every memory, aggregation, segmentation and init appears; both families
+in every form; the kernels' dense and sparse paths), 19 compilations.
 """
 
 from __future__ import annotations
@@ -97,6 +100,27 @@ def pallas_configs():
                            segment_size=2, top_k=2)
 
 
+def _kw(memory, aggregation, segmentation, init, size=None):
+    size = size or (8 if segmentation == "constant" else 4)
+    return memory, dict(memory=memory, aggregation=aggregation, segmentation=segmentation, init=init,
+                        segment_size=size, top_k=2 if aggregation == "ssc" else None)
+
+
+QUICK = {
+    "parallel32": [_kw("delta", "grm", "constant", "independent"), _kw("delta", "ssc", "log", "checkpoint"),
+                   _kw("gated_linear", "residual", "log", "independent"),
+                   _kw("gated_linear", "soup", "constant", "checkpoint"), _kw("titans", "soup", "log", "independent"),
+                   _kw("titans", "grm", "constant", "checkpoint"), _kw("dla", "soup", "constant", "independent"),
+                   _kw("dla", "ssc", "log", "checkpoint"), _kw("linear", "soup", "log", "checkpoint"),
+                   _kw("linear", "grm", "constant", "independent")],
+    "parallel64": [_kw("delta", "grm", "log", "independent"), _kw("titans", "soup", "constant", "checkpoint"),
+                   _kw("gated_linear", "ssc", "log", "checkpoint")],
+    "stream32": [_kw("delta", "grm", "log", "independent"), _kw("titans", "soup", "constant", "checkpoint"),
+                 _kw("gated_linear", "ssc", "log", "checkpoint"), _kw("dla", "grm", "log", "independent")],
+    "pallas32": [_kw("delta", "grm", "constant", "independent"), _kw("delta", "ssc", "constant", "independent", 2)],
+}
+
+
 def _name(kwargs: dict, form: str) -> str:
     return "/".join([form] + [f"{k}={v}" for k, v in kwargs.items()])
 
@@ -156,13 +180,21 @@ def run_stream(memory: str, kwargs: dict, dtype, out: dict) -> None:
     _flat(name + "/cache", leaves, out)
 
 
-def collect(x64: bool) -> dict:
+def collect(x64: bool, quick: bool = False) -> dict:
     import jax
 
     dtype = np.float64 if x64 else np.float32
     tag = "float64" if x64 else "float32"
     out: dict = {}
     assert jax.config.read("jax_enable_x64") == x64
+    if quick:
+        for memory, kwargs in QUICK["parallel64" if x64 else "parallel32"]:
+            run_parallel(memory, kwargs, dtype, "xla", out)
+        for memory, kwargs in () if x64 else QUICK["stream32"]:
+            run_stream(memory, kwargs, dtype, out)
+        for memory, kwargs in () if x64 else QUICK["pallas32"]:
+            run_parallel(memory, kwargs, dtype, "pallas", out)
+        return {f"{tag}/{k}": v for k, v in out.items()}
     for memory, kwargs in configs():
         run_parallel(memory, kwargs, dtype, "xla", out)
         run_stream(memory, kwargs, dtype, out)
@@ -172,39 +204,49 @@ def collect(x64: bool) -> dict:
     return {f"{tag}/{k}": v for k, v in out.items()}
 
 
-def gather() -> dict:
+def gather(quick: bool = False) -> dict:
     result = {}
     with tempfile.TemporaryDirectory() as tmp:
         for x64 in (False, True):
             path = Path(tmp) / f"part{int(x64)}.npz"
             env = dict(os.environ, JAX_ENABLE_X64="1" if x64 else "0", JAX_PLATFORMS="cpu",
                        PYTHONPATH=str(ROOT))
-            subprocess.run([sys.executable, __file__, "_part", str(path)], env=env, check=True)
+            subprocess.run([sys.executable, __file__, "_part", str(path)] + (["--quick"] if quick else []), env=env,
+                           check=True)
             with np.load(path) as part:
                 result.update({k: part[k] for k in part.files})
     return result
 
 
+def _load(path) -> dict:
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files}
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) != 2 or argv[0] not in ("save", "compare", "_part"):
+    quick = "--quick" in argv
+    argv = [a for a in argv if a != "--quick"]
+    if not (len(argv) == 2 and argv[0] in ("save", "compare", "_part") or len(argv) == 3 and argv[0] == "diff"):
         print(__doc__)
         return 2
-    mode, path = argv
+    mode, path = argv[:2]
     if mode == "_part":
         import warnings
 
         import jax
 
         warnings.simplefilter("ignore")
-        np.savez(path, **collect(jax.config.read("jax_enable_x64")))
+        np.savez(path, **collect(jax.config.read("jax_enable_x64"), quick))
         return 0
-    current = gather()
-    if mode == "save":
-        np.savez(path, **current)
-        print(f"saved {len(current)} arrays to {path}")
-        return 0
-    with np.load(path) as base:
-        baseline = {k: base[k] for k in base.files}
+    if mode == "diff":
+        baseline, current = _load(path), _load(argv[2])
+    else:
+        current = gather(quick)
+        if mode == "save":
+            np.savez(path, **current)
+            print(f"saved {len(current)} arrays to {path}")
+            return 0
+        baseline = _load(path)
     missing = sorted(set(baseline) ^ set(current))
     differ = sorted(k for k in set(baseline) & set(current) if not np.array_equal(baseline[k], current[k]))
     print(f"{len(baseline)} baseline arrays, {len(current)} current; {len(missing)} missing on one side, "

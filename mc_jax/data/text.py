@@ -18,6 +18,7 @@ import numpy as np
 
 from mc_jax.data.common import IGNORE_INDEX, Example, check_index
 from mc_jax.data.tokenizer import ByteTokenizer, Tokenizer
+from mc_jax.ops.utils import ceil_div
 
 TINY_CORPUS_FILE = "tiny_corpus.txt"
 
@@ -99,7 +100,7 @@ class PackedTokenSource:
         self.drop_last = drop_last
         self.pad_id = pad_id
         num_labels = max(len(arr) - 1, 0)
-        self._len = num_labels // seq_len if drop_last else -(-num_labels // seq_len)
+        self._len = num_labels // seq_len if drop_last else ceil_div(num_labels, seq_len)
         if self._len == 0:
             raise ValueError(
                 f"{len(arr)} tokens give no window of seq_len={seq_len} "

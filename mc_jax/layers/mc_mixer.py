@@ -25,6 +25,7 @@ from mc_jax.layers.gates import Gates
 from mc_jax.layers.mlp import dense
 from mc_jax.layers.norms import RMSNorm, l2_normalize
 from mc_jax.ops import MCCache, init_cache, memory_caching
+from mc_jax.ops.utils import ceil_div
 from mc_jax.parallel.shard_op import sharded_memory_caching
 from mc_jax.typing import Array, Float
 
@@ -41,7 +42,7 @@ class MCMixerCache(NamedTuple):
 
 
 def _round_up(n: int, m: int) -> int:
-    return -(-n // m) * m
+    return ceil_div(n, m) * m
 
 
 class MCMixer(nnx.Module):

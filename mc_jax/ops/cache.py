@@ -101,6 +101,7 @@ def empty_cache(spec: MemorySpec, init_state: PyTree, *, max_len: int, segmentat
 
 
 def _select(pred, a, b):
+    """``where(pred, a, b)`` leaf by leaf over two pytrees of the same structure."""
     return jax.tree.map(lambda x, y: jnp.where(pred, x, y), a, b)
 
 

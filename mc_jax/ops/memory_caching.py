@@ -72,6 +72,7 @@ def resolve_chunk(spec: MemorySpec, segment_size: int, chunk_size: int | None) -
 
 
 def _check_arrays(q, k, v, u) -> None:
+    """``q, k, u [B, T, H, Dk]`` and ``v [B, T, H, Dv]``, floating, ``T >= 1``."""
     for name, x in (("q", q), ("k", k), ("v", v)) + ((("u", u),) if u is not None else ()):
         if jnp.ndim(x) != 4:
             raise ValueError(f"{name} must be [B, T, H, D] (token-major); got shape {jnp.shape(x)}")
@@ -88,6 +89,7 @@ def _check_arrays(q, k, v, u) -> None:
 
 
 def _check_settings(aggregation, segmentation, segment_size, top_k, init, pool, impl) -> None:
+    """Every static setting is one of its choices; ``top_k`` exactly with ``ssc``."""
     check_choice("aggregation", aggregation, agg.AGGREGATIONS)
     check_choice("segmentation", segmentation, SEGMENTATIONS)
     check_choice("init", init, INITS)

@@ -24,6 +24,7 @@ def _deep_loss(loss: str):
 
 
 def _linear_step(spec: MemorySpec, state, k, v, gates, chunk_start: bool):
+    """``S_t`` of the (gated) linear or delta rule from ``S_{t-1} [b h dk dv]``."""
     del spec, chunk_start
     decay = jnp.exp(gates["log_decay"])[..., None, None]
     if "beta" in gates:
@@ -34,6 +35,7 @@ def _linear_step(spec: MemorySpec, state, k, v, gates, chunk_start: bool):
 
 
 def _deep_step(spec: MemorySpec, state, k, v, gates, chunk_start: bool):
+    """One DLA / Titans step; gradients at the chunk-start (reference) weights."""
     weights = state["weights"]
     reference = weights if chunk_start else state["reference"]
     grad = _deep_loss(spec.loss)(reference, k, v)
@@ -50,10 +52,12 @@ def _deep_step(spec: MemorySpec, state, k, v, gates, chunk_start: bool):
 
 
 def _linear_read(memory, q):
+    """``S^T q`` for ``S [b h dk dv]``, ``q [b h dk]``."""
     return jnp.einsum("bhk,bhkv->bhv", q, memory)
 
 
 def _deep_read(memory, q):
+    """``q + W1 gelu(W2 q)`` for ``q [b h d]``."""
     hidden = jax.nn.gelu(jnp.einsum("bhfd,bhd->bhf", memory["W2"], q))
     return q + jnp.einsum("bhdf,bhf->bhd", memory["W1"], hidden)
 

@@ -29,6 +29,7 @@ class MemorySpec:
 
     @property
     def gate_names(self) -> tuple[str, ...]:
+        """Every gate the memory accepts: required, then optional."""
         return self.required_gates + self.optional_gates
 
 
@@ -42,6 +43,7 @@ MEMORIES: dict[str, MemorySpec] = {
 
 
 def get_memory(name: str) -> MemorySpec:
+    """The :class:`MemorySpec` of ``name`` (a key of :data:`MEMORIES`), or a clear error."""
     if name not in MEMORIES:
         raise ValueError(f"unknown memory {name!r}; choose one of {sorted(MEMORIES)}")
     return MEMORIES[name]

@@ -170,6 +170,7 @@ class DeepFamily:
 
 
 def _deep_state(w1, w2, batch: int, heads: int, d: int, momentum: bool) -> PyTree:
+    """Weights ``W1 [B H d f]`` / ``W2 [B H f d]`` broadcast from ``W_0``, as weights and reference; zero momentum."""
     sd = state_dtype()
     f = w1.shape[-1]
     weights = {
