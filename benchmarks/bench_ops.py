@@ -153,7 +153,7 @@ def dense_matmul_gflops(n: int = 2048, repeats: int = 10) -> dict:
 # inputs and functions
 # --------------------------------------------------------------------------------------------------------------
 def make_inputs(memory: str, batch: int, length: int, heads: int, dk: int, dv: int, seed: int = 0) -> dict:
-    """Valid float32 inputs (as ``tests/ops/op_inputs.py``): unit-norm q/k, gates in range, deep params."""
+    """Valid float32 inputs (as ``tests/helpers/op_inputs.py``): unit-norm q/k, gates in range, deep params."""
     spec = get_memory(memory)
     if spec.family.deep:
         dv = dk

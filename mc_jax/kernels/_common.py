@@ -12,7 +12,7 @@ import jax
 from jax.experimental.pallas import tpu as pltpu
 from jax.experimental.pallas import triton as pltriton
 
-from mc_jax.ops.utils import check_choice, state_dtype
+from mc_jax.ops.utils import check_choice
 
 STRATEGIES = ("auto", "gpu", "tpu")
 # In-kernel matmul precision. "highest" (the default): fp32 (ieee) products and accumulation, never TF32 /
@@ -62,6 +62,3 @@ class Options:
     num_warps: int = 4
     num_stages: int = 1
     precision: str = "highest"  # in-kernel matmuls (chunk_state), see PRECISIONS
-
-
-acc_dtype = state_dtype  # kernels accumulate in the recurrent state dtype (float32, float64 under x64)

@@ -129,9 +129,17 @@ class Chunk(NamedTuple):
     valid: Array
 
 
+def masked_keys(xs: Chunk) -> Array:
+    """The chunk's keys with zeros outside the new tokens, ``[b c h dk]`` (shared by read and append)."""
+    return jnp.where(xs.valid[None, :, None, None], xs.k, 0.0)
+
+
 def read_step(cache: MCCache, xs: Chunk, spec: MemorySpec, stages: Stages, *, aggregation: str,
               top_k: int | None):
-    """The read stage of one chunk: ``(y [b c h dv], chunk-end online state)``; the cache is not changed."""
+    """The read stage of one chunk: ``(y [b c h dv], chunk-end online state, masked keys [b c h dk])``.
+
+    The cache is not changed; the masked keys (:func:`masked_keys`) are shared with :func:`append_step`.
+    """
     b, chunk, h = xs.q.shape[:3]
     size, pool = cache.config.segment_size, cache.config.pool
     valid_bh = jnp.broadcast_to(xs.valid[None, :, None], (b, chunk, h))
@@ -139,7 +147,7 @@ def read_step(cache: MCCache, xs: Chunk, spec: MemorySpec, stages: Stages, *, ag
     read_online, online_layer = online_reader(spec, data, chunk, chunk, (b, chunk, h))
     y_online = read_online(xs.q, xs.k, xs.gates)
 
-    keys = jnp.where(xs.valid[None, :, None, None], xs.k, 0.0)
+    keys = masked_keys(xs)
     count = (cache.position % size + jnp.cumsum(xs.valid)).astype(keys.dtype)[None, :, None, None]
     online_pooled = agg.pool_keys(cache.key_sums[0][:, None] + jnp.cumsum(keys, axis=1), count, pool)
     us = xs.u
@@ -150,7 +158,7 @@ def read_step(cache: MCCache, xs: Chunk, spec: MemorySpec, stages: Stages, *, ag
     slots = jax.tree.map(lambda s: jnp.moveaxis(s, 0, 1), cache.slots)  # b m h ...
     mix = lambda what, x: stages.read_dense(spec, what, slots, gamma, available, x, block=chunk, segment_size=size,
                                             aggregation=aggregation, top_k=top_k)
-    return combine(spec, aggregation, xs.q, gamma, gamma_on, y_online, online_layer, mix), online
+    return combine(spec, aggregation, xs.q, gamma, gamma_on, y_online, online_layer, mix), online, keys
 
 
 def _advance_levels(levels: PyTree, xs: Chunk, spec: MemorySpec, stages: Stages) -> PyTree:
@@ -206,11 +214,11 @@ def _merge_log(cache: MCCache, block, online, key_sums, levels, done) -> _Merge:
 _MERGE = {"constant": _merge_constant, "log": _merge_log}
 
 
-def append_step(cache: MCCache, xs: Chunk, online: PyTree, spec: MemorySpec, stages: Stages) -> MCCache:
+def append_step(cache: MCCache, xs: Chunk, keys: Array, online: PyTree, spec: MemorySpec, stages: Stages) -> MCCache:
     """The append stage of one chunk: position and key sums advance; a completed segment enters the cache."""
     config = cache.config
     position = cache.position + jnp.sum(xs.valid).astype(jnp.int32)
-    key_sums = cache.key_sums + jnp.where(xs.valid[None, :, None, None], xs.k, 0.0).sum(1)[None]
+    key_sums = cache.key_sums + keys.sum(1)[None]
     levels = cache.levels if cache.levels is None else _advance_levels(cache.levels, xs, spec, stages)
     done = xs.valid[-1] & (position % config.segment_size == 0)  # this chunk ended with the segment's last token
     block = (position - 1) // config.segment_size
@@ -249,8 +257,8 @@ def mc_stream(q, k, v, u, gates, cache: MCCache, spec: MemorySpec, *, aggregatio
                {n: split(place(g, IDENTITY_GATES[n])) for n, g in gates.items()}, real.reshape(n_steps, chunk))
 
     def step(cache: MCCache, xs: Chunk):
-        y, online = read_step(cache, xs, spec, stages, aggregation=aggregation, top_k=top_k)
-        return append_step(cache, xs, online, spec, stages), y
+        y, online, keys = read_step(cache, xs, spec, stages, aggregation=aggregation, top_k=top_k)
+        return append_step(cache, xs, keys, online, spec, stages), y
 
     cache, ys = jax.lax.scan(step, cache, xs)
     ys = jnp.moveaxis(ys, 0, 1).reshape(b, length, h, -1)
