@@ -149,7 +149,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _evaluate(run, args) -> int:
     task = run.config.train.task
-    parent = Path(args.out) if args.out else run.run_dir / "eval"
+    given = Path(args.checkpoint)
+    root = given if given.absolute() == run.run_dir else run.run_dir  # paths printed as the user wrote them
+    parent = Path(args.out) if args.out else root / "eval"
     made: list[Path] = []
 
     def out(name: str) -> Path:  # this call's results directory, created when the first file is written
@@ -162,7 +164,7 @@ def _evaluate(run, args) -> int:
     do_mqar = args.mqar or (not chosen and task.kind in RECALL_TASKS)
     do_niah = args.niah or (not chosen and task.kind == "niah")
     do_text = args.text is not None or (not chosen and task.kind == "text")
-    print(f"checkpoint {run.run_dir} step {run.step}: {describe_model(run.config.model)} "
+    print(f"checkpoint {root} step {run.step}: {describe_model(run.config.model)} "
           f"({run.pure.num_params(run.state):,} params)")
     results: dict = {"checkpoint": str(run.run_dir), "step": run.step}
     if do_mqar and run.config.model.inputs == "pair_table":

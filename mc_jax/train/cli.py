@@ -201,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{name} {describe_model(r.config.model)}" for name, r in results)) is not None:
             files.append(str(root / CURVES_FILE))
     print(f"runs: {', '.join(r.run_dir for _, r in results)}; wrote {', '.join(files)}")
-    print(f"evaluate with: python eval.py {results[0][1].run_dir}; curves in TensorBoard: tensorboard --logdir {root}")
+    evaluator = "mc-eval" if Path(sys.argv[0]).name.startswith("mc-") else "python eval.py"
+    print(f"evaluate with: {evaluator} {results[0][1].run_dir}; curves in TensorBoard: tensorboard --logdir {root}")
     return 0
 
 

@@ -51,6 +51,13 @@ def token_stats(logits: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
     }
 
 
+def mean_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """The training loss: mean next-token cross-entropy (nats) over the labelled positions of ``labels`` ``[B, T]``
+    (``IGNORE_INDEX`` = no target) for ``logits`` ``[B, T, V]``; see :func:`token_stats` for the sums."""
+    stats = token_stats(logits, labels)
+    return stats["loss_sum"] / jnp.maximum(stats["count"], 1.0)
+
+
 def _loss(params, graphdef, rest, batch):
     logits = merge_model(graphdef, params, rest)(batch["inputs"])
     stats = token_stats(logits, batch["labels"])
