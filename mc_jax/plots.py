@@ -39,7 +39,7 @@ def _series(records: Sequence[Mapping[str, Any]], split: str, key: str) -> tuple
 
 def plot_training_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: str | os.PathLike[str], *,
                          title: str) -> Path | None:
-    """Loss (left, log scale) and accuracy (right) against the step, for every ``{label: metrics records}`` run:
+    """Loss (left) and accuracy (right) against the step, for every ``{label: metrics records}`` run:
     training records as lines, held-out evaluations as markers on a dashed line of the same colour."""
     fig, (ax_loss, ax_acc) = _figure(11, 4.2, ncols=2)
     if fig is None:
@@ -53,7 +53,7 @@ def plot_training_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: 
             xs, ys = _series(records, "eval", key)
             if xs:
                 ax.plot(xs, ys, color=color, ls="--", marker="o", ms=4, label=f"{label} (held-out)")
-    ax_loss.set(xlabel="step", ylabel="cross-entropy (nats)", title="loss", yscale="log")
+    ax_loss.set(xlabel="step", ylabel="cross-entropy (nats per token)", title="loss")
     ax_acc.set(xlabel="step", ylabel="token accuracy", title="accuracy", ylim=(0, 1.02))
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)

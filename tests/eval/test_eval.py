@@ -226,3 +226,11 @@ def test_eval_cli_niah_writes_table_and_heatmap(run_dir, tmp_path, capsys):
     assert h > 150 and w > 400 and image.shape[2] in (3, 4)
     assert len(np.unique(image.reshape(-1, image.shape[2]), axis=0)) > 50  # not a blank canvas
     assert json.loads((res / "results.json").read_text())["niah"]["heatmap"] == str(res / "niah.png")
+
+
+def test_the_eval_cli_shares_helpers_with_train_but_does_not_import_it():
+    import subprocess
+
+    code = ("import sys, mc_jax.eval.cli; assert 'mc_jax.cli_common' in sys.modules; "
+            "assert 'mc_jax.train.cli' not in sys.modules, 'eval imports the training CLI'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])

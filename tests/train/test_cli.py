@@ -134,3 +134,14 @@ def test_cli_trains_refuses_reuse_and_resume_rejects_changes(tmp_path, capsys):
     assert "model.d_model: 16 (checkpoint) vs 8 (requested)" in capsys.readouterr().err
     assert (out / "main" / "metrics.jsonl").read_bytes() == before
     assert main(["--resume", "--no-progress", f"train.out_dir={out}"]) == 0  # finished runs: evaluate only
+
+
+def test_a_mesh_larger_than_the_devices_hints_at_simulated_devices():
+    from mc_jax.parallel.mesh import MeshConfig
+
+    with pytest.raises(ValueError, match=r"the mesh has 16 devices but 8 are available .*on one CPU, simulate 16 "
+                                         r"devices with XLA_FLAGS=--xla_force_host_platform_device_count=16"):
+        MeshConfig(data=2, fsdp=8).resolve(8)
+    with pytest.raises(ValueError) as err:
+        MeshConfig(data=3).resolve(8)  # fewer than available: no simulation hint
+    assert "simulate" not in str(err.value)
