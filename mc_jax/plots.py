@@ -39,7 +39,7 @@ def _series(records: Sequence[Mapping[str, Any]], split: str, key: str) -> tuple
 
 def plot_training_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: str | os.PathLike[str], *,
                          title: str) -> Path | None:
-    """Loss (left) and accuracy (right) against the step, for every ``{label: metrics records}`` run:
+    """Loss (left; log scale when the losses span more than two decades) and accuracy (right) against the step, for every ``{label: metrics records}`` run:
     training records as lines, held-out evaluations as markers on a dashed line of the same colour."""
     fig, (ax_loss, ax_acc) = _figure(11, 4.2, ncols=2)
     if fig is None:
@@ -53,7 +53,10 @@ def plot_training_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: 
             xs, ys = _series(records, "eval", key)
             if xs:
                 ax.plot(xs, ys, color=color, ls="--", marker="o", ms=4, label=f"{label} (held-out)")
-    ax_loss.set(xlabel="step", ylabel="cross-entropy (nats per token)", title="loss")
+    losses = [y for records in runs.values() for split in ("train", "eval") for y in _series(records, split, "loss")[1]]
+    spread = max(losses) / min(losses) if losses and min(losses) > 0 else 1.0
+    ax_loss.set(xlabel="step", ylabel="cross-entropy (nats per token)", title="loss",
+                yscale="log" if spread > 100 else "linear")  # log only when the losses span decades
     ax_acc.set(xlabel="step", ylabel="token accuracy", title="accuracy", ylim=(0, 1.02))
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
@@ -79,8 +82,9 @@ def plot_niah_heatmaps(grid: Mapping[str, Any], path: str | os.PathLike[str], *,
             ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=8, color="white" if v < 60 else "black")
         ax.set_xticks(range(len(grid["lengths"])), [str(n) for n in grid["lengths"]])
         ax.set_yticks(range(len(grid["depths"])), [f"{d:.2f}" for d in grid["depths"]])
-        ax.set(xlabel="context length (tokens)", ylabel="needle depth (0 = start)", title=name)
-    fig.colorbar(image, ax=list(axes), label="% of samples", shrink=0.9)
+        ax.set(xlabel="context length (tokens)", title=name)
+    axes[0].set_ylabel("needle depth (0 = start)")
+    fig.colorbar(image, ax=list(axes), label="% (of samples / of answer characters)", shrink=0.9)
     fig.suptitle(f"NIAH {task}: {model}, step {step}, {grid['samples']} samples per cell", fontsize=9)
     out = Path(path)
     fig.savefig(out)

@@ -197,8 +197,9 @@ def main(argv: list[str] | None = None) -> int:
         from mc_jax.plots import plot_training_curves
 
         curves = {name: read_metrics(Path(r.run_dir) / "metrics.jsonl") for name, r in results}
-        if plot_training_curves(curves, root / CURVES_FILE, title=f"{root}: " + ", ".join(
-                f"{name} {describe_model(r.config.model)}" for name, r in results)) is not None:
+        labels = [name if describe_model(r.config.model) == name else f"{name} = {describe_model(r.config.model)}"
+                  for name, r in results]
+        if plot_training_curves(curves, root / CURVES_FILE, title=f"{root}: " + "; ".join(labels)) is not None:
             files.append(str(root / CURVES_FILE))
     print(f"runs: {', '.join(r.run_dir for _, r in results)}; wrote {', '.join(files)}")
     evaluator = "mc-eval" if Path(sys.argv[0]).name.startswith("mc-") else "python eval.py"
