@@ -6,7 +6,7 @@
   to the command's own arguments (argparse / the last override wins):
 
   - ``train.py`` / ``mc-train``: ``train.steps=5 train.warmup=1 train.eval_every=0 train.ckpt_every=0
-    train.task.eval_examples=32``;
+    train.task.eval_examples=32 train.batch_size=8``;
   - ``eval.py`` / ``mc-eval``: ``--examples 16 --niah-samples 2 --niah-lengths 256 --max-tokens 2000
     --max-new-tokens 8 --no-progress``;
   - ``mc-prepare --corpus shakespeare``: ``--corpus tiny`` (the shipped corpus: the suite uses no network).
@@ -39,7 +39,7 @@ README = REPO / "README.md"
 pytestmark = pytest.mark.slow
 
 TRAIN_SHORT = ["train.steps=5", "train.warmup=1", "train.eval_every=0", "train.ckpt_every=0",
-               "train.task.eval_examples=32"]
+               "train.task.eval_examples=32", "train.batch_size=8"]
 EVAL_SHORT = ["--examples", "16", "--niah-samples", "2", "--niah-lengths", "256", "--max-tokens", "2000",
               "--max-new-tokens", "8", "--no-progress"]
 NOT_RUN = ("pip", "tensorboard")
