@@ -91,7 +91,7 @@ class MixerConfig:
         output_gate: multiply the read by ``silu(x W_gate)`` before the output projection (on stacked MQAR it was
             the piece that stalled the cached layer on one seed: docs/recall_experiments.md).
             ``feature_map=value_map="identity"`` with both of these off (and ``ModelConfig.mlp=False``) is the bare
-            normalised linear-attention layer of the tiny recall protocol (``configs/train_tiny_mqar.py``).
+            normalised linear-attention layer of the tiny recall protocol (``mc_jax/configs/train_tiny_mqar.py``).
         window: attention window (tokens, the query included) of ``sliding_window`` layers.
         rope_theta: RoPE base of the attention layers.
         impl: implementation switch passed to ``memory_caching``.

@@ -1,6 +1,6 @@
 """Config plumbing shared by the CLIs: dotted overrides, presets, and dict round trips.
 
-    config = load_preset("tiny")                                   # configs/tiny.py: CONFIG
+    config = load_preset("tiny")                                   # mc_jax/configs/tiny.py: CONFIG
     config = apply_overrides(config, ["mixer.aggregation=ssc", "mixer.top_k=2", "num_layers=4"])
 
 Override values are parsed from the dataclass field types: ``int``, ``float``, ``str``, ``bool`` (true/false/1/0/
@@ -13,6 +13,8 @@ so order does not matter and intermediate states may be invalid (``mixer.aggrega
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import importlib.resources
 import importlib.util
 import types
 import typing
@@ -20,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
+PRESET_PACKAGE = "mc_jax.configs"  # the shipped presets: package data, so installed wheels have them too
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
 
 
@@ -144,20 +146,37 @@ def from_dict(cls: type, data: Mapping[str, Any]) -> Any:
     return cls(**kwargs)
 
 
+def _preset_files():
+    return importlib.resources.files(PRESET_PACKAGE)
+
+
+def preset_names() -> list[str]:
+    """The shipped presets (``mc_jax/configs/<name>.py``)."""
+    return sorted(f.name[:-3] for f in _preset_files().iterdir()
+                  if f.name.endswith(".py") and not f.name.startswith("_"))
+
+
 def load_preset(name_or_path: str) -> Any:
-    """Load ``CONFIG`` from ``configs/<name>.py`` (or from a path to a python file)."""
-    path = Path(name_or_path)
-    if path.suffix != ".py":
-        path = PRESET_DIR / f"{name_or_path}.py"
-    if not path.is_file():
-        available = sorted(p.stem for p in PRESET_DIR.glob("*.py") if not p.stem.startswith("_"))
-        raise ValueError(f"no preset {name_or_path!r}; available in {PRESET_DIR}: {available}")
-    spec = importlib.util.spec_from_file_location(f"mc_jax_preset_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    """``CONFIG`` of the shipped preset ``name`` (``mc_jax/configs/<name>.py``) or of a python file (a path ending
+    in ``.py``)."""
+    if name_or_path.endswith(".py"):
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise ValueError(f"no preset file {name_or_path!r} (a path ending in .py must be a python file defining "
+                             f"CONFIG); shipped presets: {preset_names()}")
+        spec = importlib.util.spec_from_file_location(f"mc_jax_preset_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        origin = str(path)
+    else:
+        if not name_or_path.isidentifier() or not _preset_files().joinpath(f"{name_or_path}.py").is_file():
+            raise ValueError(f"no preset {name_or_path!r}; shipped presets: {preset_names()} (or give a path to a .py "
+                             "file defining CONFIG)")
+        module = importlib.import_module(f"{PRESET_PACKAGE}.{name_or_path}")
+        origin = f"{PRESET_PACKAGE}.{name_or_path}"
     if not hasattr(module, "CONFIG"):
-        raise ValueError(f"preset {path} does not define CONFIG")
+        raise ValueError(f"preset {origin} does not define CONFIG")
     return module.CONFIG
 
 
-__all__ = ["PRESET_DIR", "apply_overrides", "from_dict", "load_preset", "parse_value", "to_dict"]
+__all__ = ["PRESET_PACKAGE", "apply_overrides", "from_dict", "load_preset", "parse_value", "preset_names", "to_dict"]

@@ -1,14 +1,17 @@
 import os
 
-# Simulated devices for sharding tests, and XLA:CPU without its fusion emitters (much faster compiles of the many
-# tiny test programs; numerics unchanged). Must be set before jax is imported anywhere.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_cpu_use_fusion_emitters=false")
+# XLA:CPU without its fusion emitters (much faster compiles of the many tiny test programs; numerics unchanged), and
+# 8 simulated CPU devices for the sharding tests (chex.set_n_cpu_devices, below). Before any JAX backend starts.
+os.environ.setdefault("XLA_FLAGS", "--xla_cpu_use_fusion_emitters=false")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # The suite compiles many tiny programs: XLA's optimisation passes cost more than they save at these sizes
 # (about 2x faster compiles). Numerics are unchanged: the tests compare against float64 references.
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
+import chex  # noqa: E402
 import pytest  # noqa: E402
+
+chex.set_n_cpu_devices(8)  # sets --xla_force_host_platform_device_count=8 in XLA_FLAGS (inherited by subprocesses)
 
 # Shared test helpers live in tests/helpers and are imported one way: ``from tests.helpers.tolerances import ...``
 # (tests/ is a package; pytest puts the repository root on sys.path, so plain ``pytest`` and ``python -m pytest`` work).

@@ -90,9 +90,8 @@ def format_table(rows: list[tuple[str, DeviceMemory]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-
     p = argparse.ArgumentParser(prog="python -m tools.device_memory", description=__doc__.split("\n\n")[0])
-    p.add_argument("presets", nargs="+", help="model presets (configs/<name>.py defining a ModelConfig)")
+    p.add_argument("presets", nargs="+", help="model presets (mc_jax/configs/<name>.py defining a ModelConfig)")
     p.add_argument("--devices", type=int, nargs="+", default=[8, 64])
     p.add_argument("--tensor", type=int, default=1, help="tensor-parallel size; fsdp takes the rest")
     p.add_argument("--data", type=int, default=1, help="data-parallel size; fsdp takes the rest")

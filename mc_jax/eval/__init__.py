@@ -1,5 +1,6 @@
-"""Evaluation: load any ``train.py`` checkpoint; perplexity, MQAR accuracy, NIAH depth x length grids (table + PNG
-heatmap), generation demos. The command line is ``python eval.py`` (:mod:`mc_jax.eval.cli`)."""
+"""Evaluation: load any ``train.py`` checkpoint; perplexity, MQAR accuracy, NIAH depth x length grids (table, CSV and
+a matplotlib heatmap, :mod:`mc_jax.plots`), generation demos. The command line is ``mc-eval`` / ``python eval.py``
+(:mod:`mc_jax.eval.cli`)."""
 
 from mc_jax.eval.load import LoadedRun, load_checkpoint
 from mc_jax.eval.metrics import (
@@ -16,10 +17,9 @@ from mc_jax.eval.metrics import (
     stacked_mqar_demo,
     text_perplexity,
 )
-from mc_jax.eval.png import heatmap_image, heatmap_png, write_png
 
 __all__ = [
-    "EvalError", "LoadedRun", "generate_text", "heatmap_image", "heatmap_png", "load_checkpoint", "mqar_accuracy",
-    "mqar_demo", "niah_csv", "niah_demo", "niah_grid", "niah_table", "score_rows", "stacked_mqar_accuracy", "stacked_mqar_demo", "text_perplexity",
-    "write_png",
+    "EvalError", "LoadedRun", "generate_text", "load_checkpoint", "mqar_accuracy", "mqar_demo", "niah_csv",
+    "niah_demo", "niah_grid", "niah_table", "score_rows", "stacked_mqar_accuracy", "stacked_mqar_demo",
+    "text_perplexity",
 ]

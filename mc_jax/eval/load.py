@@ -16,15 +16,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-
 from mc_jax.models import PureModel, abstract_model
-from mc_jax.train.checkpoint import CKPT_SUBDIR, CheckpointError, Checkpointer
+from mc_jax.train.checkpoint import (
+    CKPT_SUBDIR,
+    TOKENIZER_FILE,
+    Checkpointer,
+    CheckpointError,
+)
 from mc_jax.train.config import RunConfig, config_diff
 from mc_jax.train.step import merge_model, split_model
 
 
 @dataclass
 class LoadedRun:
+    """A trained run: its config, checkpoint step, directory, and the model as ``pure`` functions of ``state``
+    (``run.pure.apply(run.state, tokens)``, ``generate(run.pure, run.state, prompts, max_new_tokens=...)``)."""
+
     config: RunConfig
     step: int
     run_dir: Path
@@ -34,7 +41,20 @@ class LoadedRun:
 
     @property
     def model(self):
+        """The flax.nnx model (``model(tokens) -> logits``)."""
         return self.pure.merge(self.state)
+
+    @property
+    def tokenizer(self):
+        """The run's text tokenizer: bytes, or the BPE file copied into the run directory at training time
+        (``tokenizer.json``; else the path in the config)."""
+        from mc_jax.data import load_tokenizer
+
+        spec = self.config.train.task.tokenizer
+        if spec == "byte":
+            return load_tokenizer("byte")
+        copy = self.run_dir / TOKENIZER_FILE
+        return load_tokenizer(copy if copy.is_file() else spec)
 
 
 def _locate(path: str | os.PathLike[str]) -> tuple[Path, int | None]:
@@ -54,7 +74,9 @@ def _locate(path: str | os.PathLike[str]) -> tuple[Path, int | None]:
 
 def load_checkpoint(path: str | os.PathLike[str], *, step: int | None = None,
                     expect: RunConfig | None = None) -> LoadedRun:
-    """Load the parameters of a ``train.py`` checkpoint (see the module docstring).
+    """Load the parameters of a ``train.py`` checkpoint (see the module docstring)::
+
+        run = load_checkpoint("runs/tiny_mqar/main")      # run.config, run.step, run.pure, run.state, run.tokenizer
 
     ``expect``: a config the caller wants; its **model** section must equal the checkpoint's, otherwise a
     :class:`CheckpointError` lists the differences (the training section may differ).

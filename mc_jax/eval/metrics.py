@@ -33,9 +33,12 @@ from mc_jax.data import (
     PackedTokenSource,
     StackedMQARConfig,
     StackedMQARSource,
+    Tokenizer,
+    load_tiny_corpus,
     query_key_positions,
     read_text,
     split_pair_codes,
+    train_val_split,
 )
 from mc_jax.data.common import EVAL_SEED
 from mc_jax.data.tokenizer import BYTE_VOCAB_SIZE
@@ -65,12 +68,17 @@ def _rows_to_batches(rows: list[dict[str, np.ndarray]], batch_size: int):
         yield inputs, labels
 
 
-def score_rows(pure: PureModel, state: Any, rows: list[dict[str, np.ndarray]], batch_size: int = 32
-               ) -> dict[str, Any]:
-    """Summed statistics over example rows: loss, token accuracy, per-row exact match."""
+def score_rows(pure: PureModel, state: Any, rows: list[dict[str, np.ndarray]], batch_size: int = 32, *,
+               progress: str | None = None) -> dict[str, Any]:
+    """Summed statistics over example rows: loss, token accuracy, per-row exact match. ``progress``: show a tqdm
+    bar (on stderr) with this description."""
+    from tqdm.auto import tqdm
+
     loss_sum = count = correct = 0.0
     exact: list[np.ndarray] = []
-    for inputs, labels in _rows_to_batches(rows, batch_size):
+    batches = tqdm(_rows_to_batches(rows, batch_size), total=-(-len(rows) // batch_size), desc=progress,
+                   disable=progress is None, unit="batch", leave=False)
+    for inputs, labels in batches:
         s = jax.device_get(_stats(pure, state, jnp.asarray(inputs), jnp.asarray(labels)))
         loss_sum += float(s["loss_sum"])
         count += float(s["count"])
@@ -98,33 +106,63 @@ def _check_vocab(pure: PureModel, data_vocab: int, what: str) -> None:
 
 
 # ---- perplexity --------------------------------------------------------------------------------------------------------
-def text_perplexity(pure: PureModel, state: Any, path: str | os.PathLike[str], *, seq_len: int = 256,
-                    batch_size: int = 8, max_tokens: int | None = None) -> dict[str, float]:
-    """Perplexity of byte tokens of ``path`` (a file or a directory of ``.txt``), in independent windows."""
+TEXT_SPLITS = ("val", "train", "all")
+
+
+def text_perplexity(pure: PureModel, state: Any, path: str | os.PathLike[str] | None, *, seq_len: int = 256,
+                    batch_size: int = 8, max_tokens: int | None = None, split: str = "val",
+                    val_fraction: float = 0.1, tokenizer: Tokenizer | None = None,
+                    progress: bool = False) -> dict[str, Any]:
+    """Loss, perplexity and bits per byte of the tokens of ``path`` (a file or a directory of ``.txt``; ``None`` =
+    the shipped tiny corpus), scored in independent ``seq_len`` windows.
+
+    ``split``: ``val`` (default) scores the trailing ``val_fraction`` of the token stream, the part a run trained on
+    the same file held out (:func:`mc_jax.data.train_val_split`); ``train`` the rest; ``all`` everything.
+    ``max_tokens``: score at most this many tokens (from the start of the split). ``tokenizer``: bytes by default.
+    """
+    if split not in TEXT_SPLITS:
+        raise EvalError(f"split must be one of {list(TEXT_SPLITS)}; got {split!r}")
+    if max_tokens is not None and max_tokens < 1:
+        raise EvalError(f"max_tokens must be a positive number of tokens; got {max_tokens}")
     try:
-        text = read_text(path)
+        text = read_text(path) if path is not None else load_tiny_corpus()
     except ValueError as err:
         raise EvalError(str(err)) from None
-    _check_vocab(pure, BYTE_VOCAB_SIZE, f"the byte-level text {os.fspath(path)!r}")
-    tokens = ByteTokenizer().encode(text)
+    where = os.fspath(path) if path is not None else "the tiny corpus"
+    tok = tokenizer if tokenizer is not None else ByteTokenizer()
+    byte = isinstance(tok, ByteTokenizer)
+    _check_vocab(pure, tok.vocab_size, f"the byte-level text {where!r}" if byte else f"the text {where!r} ({tok!r})")
+    tokens = tok.encode(text)
+    if split != "all":
+        try:
+            train_part, val_part = train_val_split(tokens, val_fraction)
+        except ValueError as err:
+            raise EvalError(f"{where!r}: {err}") from None
+        tokens = val_part if split == "val" else train_part
     if max_tokens is not None:
         tokens = tokens[: max_tokens + 1]
     if len(tokens) < 2:
-        raise EvalError(f"{os.fspath(path)!r} has fewer than 2 byte tokens; nothing to score")
+        raise EvalError(f"{where!r} ({split} split) has fewer than 2 tokens; nothing to score")
     src = PackedTokenSource(tokens, min(seq_len, len(tokens) - 1), drop_last=False)
-    s = score_rows(pure, state, [src[i] for i in range(len(src))], batch_size)
+    s = score_rows(pure, state, [src[i] for i in range(len(src))], batch_size,
+                   progress=f"text ({split})" if progress else None)
     loss = s["loss"]
+    text_bytes = s["tokens"] if byte else len(tok.decode(tokens[1:]).encode("utf-8"))
     return {"tokens": s["tokens"], "loss": loss, "perplexity": float(np.exp(min(loss, 80.0))),
-            "bits_per_byte": loss / np.log(2.0), "accuracy": s["accuracy"], "seq_len": src.seq_len}
+            "bits_per_byte": loss * s["tokens"] / max(text_bytes, 1) / np.log(2.0), "accuracy": s["accuracy"],
+            "seq_len": src.seq_len, "split": split}
 
 
 # ---- MQAR --------------------------------------------------------------------------------------------------------------
 def mqar_accuracy(pure: PureModel, state: Any, config: MQARConfig, *, num_examples: int = 512, seed: int = EVAL_SEED,
-                  batch_size: int = 64) -> dict[str, float]:
+                  batch_size: int = 64, progress: bool = False) -> dict[str, float]:
     """Accuracy over MQAR query positions (Zoology's metric) and the fraction of sequences with every query right."""
     _check_vocab(pure, config.vocab_size, "the MQAR task")
+    if num_examples < 1:
+        raise EvalError(f"num_examples must be positive; got {num_examples}")
     src = MQARSource(config, num_examples, seed=seed)
-    s = score_rows(pure, state, [src[i] for i in range(num_examples)], batch_size)
+    s = score_rows(pure, state, [src[i] for i in range(num_examples)], batch_size,
+                   progress="MQAR" if progress else None)
     return {"accuracy": s["accuracy"], "exact_match": s["exact_match"], "loss": s["loss"], "examples": num_examples,
             "queries": s["tokens"]}
 
@@ -161,16 +199,19 @@ def _predict(pure: PureModel, state: Any, inputs: jax.Array) -> jax.Array:
 
 
 def stacked_mqar_accuracy(pure: PureModel, state: Any, config: StackedMQARConfig, *, num_examples: int = 512,
-                          seed: int = EVAL_SEED, batch_size: int = 64, bucket: int = 8) -> dict[str, Any]:
+                          seed: int = EVAL_SEED, batch_size: int = 64, bucket: int = 8,
+                          progress: bool = False) -> dict[str, Any]:
     """Accuracy over the queries of ``num_examples`` stacked-MQAR sequences, exact match, loss, and
     ``by_position``: accuracy of the queries whose pair was written at context positions ``[i, i + bucket)``, one
     entry per bucket (with ``bucket`` = the model's segment size, the accuracy per cached segment)."""
     _check_pair_tables(pure, config)
     if bucket < 1:
         raise EvalError(f"bucket must be a positive number of context positions; got {bucket}")
+    if num_examples < 1:
+        raise EvalError(f"num_examples must be positive; got {num_examples}")
     src = StackedMQARSource(config, num_examples, seed=seed)
     rows = [src[i] for i in range(num_examples)]
-    s = score_rows(pure, state, rows, batch_size)
+    s = score_rows(pure, state, rows, batch_size, progress="stacked MQAR" if progress else None)
     kv = config.num_kv_pairs
     hits = np.zeros(kv)
     seen = np.zeros(kv)
@@ -222,39 +263,45 @@ def _niah_decode_exact(pure: PureModel, state: Any, src: NIAHSource, batch_size:
 
 
 def niah_grid(pure: PureModel, state: Any, base: NIAHConfig, lengths: Sequence[int], depths: Sequence[float], *,
-              samples: int = 32, seed: int = EVAL_SEED, batch_size: int = 16, decode: bool = False
-              ) -> dict[str, Any]:
-    """Exact match (and per-character accuracy) for every (depth, length) cell.
+              samples: int = 32, seed: int = EVAL_SEED, batch_size: int = 16, decode: bool = False,
+              progress: bool = False) -> dict[str, Any]:
+    """Exact match (and per-character accuracy) for every (depth, length) cell (``progress``: a tqdm bar over the
+    cells on stderr).
 
     Returns ``{"lengths", "depths", "exact" [D, L], "char_accuracy" [D, L], "samples"}``.
     """
+    from tqdm.auto import tqdm
+
     _check_vocab(pure, BYTE_VOCAB_SIZE, "the byte-level NIAH task")
+    if samples < 1:
+        raise EvalError(f"samples must be a positive number of examples per cell; got {samples}")
     exact = np.full((len(depths), len(lengths)), np.nan)
     char = np.full_like(exact, np.nan)
-    for j, length in enumerate(lengths):
-        for i, depth in enumerate(depths):
-            try:
-                cfg = dataclasses.replace(base, seq_len=int(length), depth=float(depth))
-            except ValueError as err:
-                raise EvalError(f"NIAH cell (length {length}, depth {depth}): {err}") from None
-            src = NIAHSource(cfg, samples, seed=seed)
-            s = score_rows(pure, state, [src[k] for k in range(samples)], batch_size)
-            exact[i, j] = _niah_decode_exact(pure, state, src, batch_size).mean() if decode else s["exact_match"]
-            char[i, j] = s["accuracy"]
+    cells = [(j, length, i, depth) for j, length in enumerate(lengths) for i, depth in enumerate(depths)]
+    for j, length, i, depth in tqdm(cells, desc="NIAH cells", disable=not progress, leave=False):
+        try:
+            cfg = dataclasses.replace(base, seq_len=int(length), depth=float(depth))
+        except ValueError as err:
+            raise EvalError(f"NIAH cell (length {length}, depth {depth}): {err}") from None
+        src = NIAHSource(cfg, samples, seed=seed)
+        s = score_rows(pure, state, [src[k] for k in range(samples)], batch_size)
+        exact[i, j] = _niah_decode_exact(pure, state, src, batch_size).mean() if decode else s["exact_match"]
+        char[i, j] = s["accuracy"]
     return {"lengths": [int(x) for x in lengths], "depths": [float(d) for d in depths], "exact": exact,
             "char_accuracy": char, "samples": samples}
 
 
 def niah_table(grid: dict[str, Any]) -> str:
-    """Markdown table: rows = depth, columns = length, cells = exact match (%)."""
+    """Markdown table: rows = depth, columns = length, cells = ``exact match / per-character accuracy`` (%)."""
+    ex, ch = grid["exact"], grid["char_accuracy"]
+    cell = lambda e, c: f"{100 * e:.1f} / {100 * c:.1f}"
     head = "| depth \\ length | " + " | ".join(str(L) for L in grid["lengths"]) + " | mean |"
     lines = [head, "|" + "---|" * (len(grid["lengths"]) + 2)]
     for i, d in enumerate(grid["depths"]):
-        row = grid["exact"][i]
-        lines.append(f"| {d:.2f} | " + " | ".join(f"{100 * x:.1f}" for x in row) + f" | {100 * np.nanmean(row):.1f} |")
-    means = np.nanmean(grid["exact"], axis=0)
-    lines.append("| mean | " + " | ".join(f"{100 * x:.1f}" for x in means)
-                 + f" | {100 * np.nanmean(grid['exact']):.1f} |")
+        lines.append(f"| {d:.2f} | " + " | ".join(cell(e, c) for e, c in zip(ex[i], ch[i]))
+                     + f" | {cell(np.nanmean(ex[i]), np.nanmean(ch[i]))} |")
+    lines.append("| mean | " + " | ".join(cell(e, c) for e, c in zip(np.nanmean(ex, 0), np.nanmean(ch, 0)))
+                 + f" | {cell(np.nanmean(ex), np.nanmean(ch))} |")
     return "\n".join(lines)
 
 
@@ -281,20 +328,26 @@ def niah_demo(pure: PureModel, state: Any, config: NIAHConfig, *, seed: int = EV
 
 # ---- generation --------------------------------------------------------------------------------------------------------
 def generate_text(pure: PureModel, state: Any, prompt: str, *, max_new_tokens: int = 64, temperature: float = 0.0,
-                  top_p: float = 1.0, seed: int = 0) -> str:
-    """Continue ``prompt`` (byte tokens) and return the generated text only."""
-    _check_vocab(pure, BYTE_VOCAB_SIZE, "byte-level generation")
-    tok = ByteTokenizer()
+                  top_p: float = 1.0, seed: int = 0, tokenizer: Tokenizer | None = None) -> str:
+    """Continue ``prompt`` and return the generated text only (greedy at ``temperature=0``, else sampled from the
+    top-p nucleus with PRNG ``seed``; bytes unless ``tokenizer`` is given)."""
+    tok = tokenizer if tokenizer is not None else ByteTokenizer()
+    _check_vocab(pure, tok.vocab_size, "byte-level generation" if isinstance(tok, ByteTokenizer) else
+                 f"generation with {tok!r}")
+    if not 0.0 < top_p <= 1.0:
+        raise EvalError(f"top_p must be in (0, 1]; got {top_p}")
+    if temperature < 0:
+        raise EvalError(f"temperature must be >= 0 (0 = greedy); got {temperature}")
     ids = tok.encode(prompt)
     if ids.size == 0:
         raise EvalError("the generation prompt is empty")
     out = generate(pure, state, ids[None].astype(np.int32), max_new_tokens=max_new_tokens, temperature=temperature,
                    top_p=top_p, key=jax.random.key(seed))
     new = np.asarray(out)[0, ids.size:]
-    return tok.decode(np.clip(new, 0, 255))
+    return tok.decode(np.clip(new, 0, tok.vocab_size - 1))
 
 
 __all__ = [
-    "EvalError", "generate_text", "mqar_accuracy", "mqar_demo", "niah_csv", "niah_demo", "niah_grid", "niah_table",
-    "score_rows", "stacked_mqar_accuracy", "stacked_mqar_demo", "text_perplexity",
+    "TEXT_SPLITS", "EvalError", "generate_text", "mqar_accuracy", "mqar_demo", "niah_csv", "niah_demo", "niah_grid",
+    "niah_table", "score_rows", "stacked_mqar_accuracy", "stacked_mqar_demo", "text_perplexity",
 ]

@@ -124,6 +124,12 @@ def param_summary(model: nnx.Module, depth: int = 3) -> dict[str, int]:
 
 
 def create_model(config: ModelConfig, seed: int = 0) -> LanguageModel:
+    """A freshly initialised language model for ``config`` (a :class:`~mc_jax.config.ModelConfig`).
+
+    ``seed`` drives every initialiser. The result is a ``flax.nnx`` module: ``model(tokens)`` maps int32
+    ``[B, T]`` tokens (or pair codes for ``inputs="pair_table"``) to float32 logits ``[B, T, vocab_size]``. For pure
+    functions of the parameters (``jax.jit``, ``generate``) split it: ``pure, state = PureModel.split(model)``.
+    """
     return LanguageModel(config, rngs=nnx.Rngs(seed))
 
 

@@ -24,4 +24,11 @@ def token_stats(logits: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
     }
 
 
-__all__ = ["token_stats"]
+def mean_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """The training loss: mean next-token cross-entropy (nats) over the labelled positions of ``labels`` ``[B, T]``
+    (``IGNORE_INDEX`` = no target) for ``logits`` ``[B, T, V]``; see :func:`token_stats` for the sums."""
+    stats = token_stats(logits, labels)
+    return stats["loss_sum"] / jnp.maximum(stats["count"], 1.0)
+
+
+__all__ = ["mean_loss", "token_stats"]

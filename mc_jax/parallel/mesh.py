@@ -59,9 +59,12 @@ class MeshConfig:
                                  "fixed axes), so -1 has no integer size")
             sizes[sizes.index(-1)] = num_devices // known
         elif known != num_devices:
+            hint = (f"; on one CPU, simulate {known} devices with "
+                    f"XLA_FLAGS=--xla_force_host_platform_device_count={known} (set before the program starts)"
+                    if known > num_devices and jax.default_backend() == "cpu" else "")
             raise ValueError(f"{desc}: the mesh has {known} devices but {num_devices} are available "
                              f"(jax.device_count()); make the product equal {num_devices}, or set one axis to -1 "
-                             "for the rest of the devices")
+                             f"for the rest of the devices{hint}")
         return tuple(sizes)  # type: ignore[return-value]
 
     def check_model(self, model, sizes: tuple[int, int, int] | None = None) -> None:

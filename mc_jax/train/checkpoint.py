@@ -2,7 +2,8 @@
 
 Layout of a run directory::
 
-    <run_dir>/run.json                 the run's config (written once, atomically, when the run starts)
+    <run_dir>/run.json                 the run's config (written once, atomically, when the run starts) and one record
+                                       per training session: git commit, versions, devices, mesh, command, times
     <run_dir>/checkpoints/<step>/      one orbax checkpoint per saved step: items ``params``, ``opt_state``, ``meta``
     <run_dir>/metrics.jsonl            one JSON record per logged step / evaluation
     <run_dir>/final.json               final metrics (written at the end)
@@ -31,6 +32,7 @@ from mc_jax.train.config import RunConfig, config_diff, config_from_dict, config
 FORMAT = "mc_jax.train/1"
 CKPT_SUBDIR = "checkpoints"
 RUN_FILE = "run.json"
+TOKENIZER_FILE = "tokenizer.json"  # a text run's BPE tokenizer, copied into the run directory
 
 
 class CheckpointError(ValueError):
@@ -187,8 +189,23 @@ def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:
     os.replace(tmp, path)
 
 
-def write_run_file(run_dir: str | os.PathLike[str], config: RunConfig) -> None:
-    write_json_atomic(Path(run_dir) / RUN_FILE, {"format": FORMAT, "config": config_to_dict(config)})
+def write_run_file(run_dir: str | os.PathLike[str], config: RunConfig, session: dict[str, Any] | None = None) -> None:
+    """``run.json``: the config and, when given, the session record (:mod:`mc_jax.train.runinfo`) as the run's
+    first entry of ``sessions``."""
+    data: dict[str, Any] = {"format": FORMAT, "config": config_to_dict(config)}
+    if session is not None:
+        data["sessions"] = [session]
+    write_json_atomic(Path(run_dir) / RUN_FILE, data)
+
+
+def record_session(run_dir: str | os.PathLike[str], session: dict[str, Any]) -> None:
+    """Store ``session`` in ``run.json``: replace the entry with the same ``start_time`` or append it (a resumed run
+    adds one entry per session). The config in the file is never changed."""
+    path = Path(run_dir) / RUN_FILE
+    data = json.loads(path.read_text())
+    sessions = [s for s in data.get("sessions", []) if s.get("start_time") != session.get("start_time")]
+    data["sessions"] = sessions + [session]
+    write_json_atomic(path, data)
 
 
 def read_run_file(run_dir: str | os.PathLike[str]) -> RunConfig | None:
@@ -214,6 +231,7 @@ def check_same_config(stored: RunConfig, requested: RunConfig, *, where: str, ig
 
 
 __all__ = [
-    "CKPT_SUBDIR", "CheckpointError", "Checkpointer", "FORMAT", "RUN_FILE", "check_same_config", "read_run_file",
+    "CKPT_SUBDIR", "FORMAT", "RUN_FILE", "TOKENIZER_FILE", "CheckpointError", "Checkpointer", "check_same_config",
+    "read_run_file", "record_session",
     "write_json_atomic", "write_run_file",
 ]

@@ -1,14 +1,16 @@
-"""``python train.py [--preset NAME] [--resume | --overwrite] [key=value ...]``
+"""``mc-train`` / ``python train.py [--preset NAME] [--resume | --overwrite] [key=value ...]``
 
-With no arguments: the tiny MC layer of ``configs/train_tiny_mqar.py`` is trained on stacked MQAR, then the same
-layer without caching (``train.baseline=none``), and a comparison table is printed. Overrides are dotted paths into the
-run config, shared with the model config::
+With no arguments: the tiny MC layer of the ``train_tiny_mqar`` preset is trained on stacked MQAR, then the same
+layer without caching and the same model with softmax attention (``train.baseline=none,attention``: the gain and the
+ceiling), and a comparison table is printed. Overrides are dotted paths into the run config, shared with the model
+config, and may come anywhere on the line::
 
     python train.py model.mixer.aggregation=ssc model.mixer.top_k=2 train.steps=200
     python train.py train.baseline= train.task.kind=text train.task.path=my.txt train.task.seq_len=256
 
-Runs go to ``<train.out_dir>/main`` and ``<train.out_dir>/baseline``. An output directory that already holds a run is
-refused unless ``--resume`` (continue exactly from the newest checkpoint; the stored config is used, with any
+Runs go to ``<train.out_dir>/main`` and one directory per baseline (``baseline`` for the model without caching,
+``attention``, ...); ``train.out_dir`` defaults to ``runs/<preset name>``. An output directory that already holds a
+run is refused unless ``--resume`` (continue exactly from the newest checkpoint; the stored config is used, with any
 overrides checked against it) or ``--overwrite`` (start over).
 """
 
@@ -16,10 +18,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
+from mc_jax.cli_common import add_overrides, parse_args, quiet_logs
 from mc_jax.configs_util import apply_overrides
 from mc_jax.train.distributed import initialize_from_env
 from mc_jax.train.checkpoint import CheckpointError, read_run_file, write_json_atomic
@@ -28,39 +30,38 @@ from mc_jax.train.config import (
     RECALL_TASKS,
     RESUMABLE_CHANGES,
     RunConfig,
-    baseline_config,
+    baseline_configs,
     config_diff,
     describe_model,
     load_run_config,
 )
 from mc_jax.train.data import DataError
-from mc_jax.train.loop import NonFiniteLossError, RunDirError, TrainError, TrainResult, check_run_dir, train
+from mc_jax.train.loop import (
+    CURVES_FILE,
+    NonFiniteLossError,
+    RunDirError,
+    TrainError,
+    TrainResult,
+    check_run_dir,
+    train,
+)
+from mc_jax.train.metrics import JobProgress, read_metrics
 
 COMPARISON_FILE = "comparison.json"
 
 
-def quiet_logs() -> None:
-    """Silence absl/orbax INFO/WARNING chatter on the console (errors still show)."""
-    logging.getLogger("absl").setLevel(logging.ERROR)
-    try:
-        from absl import logging as absl_logging
-
-        absl_logging.set_verbosity(absl_logging.ERROR)
-    except ImportError:  # pragma: no cover
-        pass
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="train.py", description=__doc__.split("\n\n", 1)[1].replace("::", ":"),
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[1].replace("::", ":"),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="dotted config overrides, e.g. model.mixer.aggregation=ssc train.steps=200")
+    add_overrides(p, "dotted config overrides, e.g. model.mixer.aggregation=ssc train.steps=200")
     p.add_argument("--preset", default=None,
-                   help=f"configs/<name>.py or a path defining CONFIG (default: {DEFAULT_PRESET})")
+                   help=f"a preset name (see --list-presets) or a path to a .py file defining CONFIG "
+                        f"(default: {DEFAULT_PRESET})")
+    p.add_argument("--list-presets", action="store_true", help="print the shipped presets and exit")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue the run(s) in train.out_dir exactly")
     mode.add_argument("--overwrite", action="store_true", help="replace the run(s) in train.out_dir")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (the log lines stay)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
     dist = p.add_argument_group("multi-host (see README, Scale-out)")
     dist.add_argument("--coordinator", default=None, metavar="HOST:PORT",
@@ -74,13 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_dirs(config: RunConfig) -> list[tuple[str, RunConfig, Path]]:
-    """``[(name, config, run_dir)]``: the main run and, when ``train.baseline`` is set, the baseline run."""
+    """``[(name, config, run_dir)]``: the main run, then one run per kind of ``train.baseline``."""
     root = Path(config.train.out_dir)
-    runs = [("main", config, root / "main")]
-    base = baseline_config(config)
-    if base is not None:
-        runs.append(("baseline", base, root / "baseline"))
-    return runs
+    return [("main", config, root / "main")] + [(name, cfg, root / name) for name, cfg in baseline_configs(config)]
 
 
 def resolve_configs(args: argparse.Namespace) -> list[tuple[str, RunConfig, Path]]:
@@ -101,30 +98,59 @@ def resolve_configs(args: argparse.Namespace) -> list[tuple[str, RunConfig, Path
     return run_dirs(config)
 
 
-def format_table(results: list[tuple[str, TrainResult]]) -> str:
+def _score(result: TrainResult) -> str:
+    ev, kind = result.final_eval, result.config.train.task.kind
+    if kind in RECALL_TASKS:
+        return f"{ev['accuracy']:.1%}"
+    return f"{ev['exact_match']:.1%}" if kind == "niah" else f"{ev['perplexity']:.3f}"
+
+
+def comparison_lines(results: list[tuple[str, TrainResult]]) -> list[str]:
+    """On a recall task: MC against the model without caching (the gain) and against attention (the ceiling)."""
     task = results[0][1].config.train.task
-    recall = task.kind in RECALL_TASKS
-    metric = "recall acc" if recall else ("exact" if task.kind == "niah" else "val ppl")
-    head = f"{'run':9s} {'model':48s} {'params':>8s} {'eval loss':>9s} {metric:>9s} {'tok/s':>8s} {'train s':>8s}"
-    lines = [head, "-" * len(head)]
-    for name, r in results:
-        ev = r.final_eval
-        value = (f"{ev['accuracy']:.1%}" if recall else
-                 f"{ev['exact_match']:.1%}" if task.kind == "niah" else f"{ev['perplexity']:.3f}")
-        lines.append(f"{name:9s} {describe_model(r.config.model)[:48]:48s} {r.num_params:>8,d} {ev['loss']:>9.4f} "
-                     f"{value:>9s} {r.tokens_per_s:>8,.0f} {r.train_seconds:>8.1f}")
-    if len(results) == 2 and recall:
-        a, b = results[0][1].final_eval["accuracy"], results[1][1].final_eval["accuracy"]
+    if task.kind not in RECALL_TASKS:
+        return []
+    acc = {name: r.final_eval["accuracy"] for name, r in results}
+    where = (f"on {task.eval_examples} held-out {'stacked ' if task.kind == 'stacked_mqar' else ''}MQAR sequences "
+             f"(L={task.seq_len}, kv={task.num_kv_pairs})")
+    lines = []
+    if "baseline" in acc:
+        a, b = acc["main"], acc["baseline"]
         ratio = f"{a / b:.2f}x" if b > 0 else "inf"
         lines.append(f"memory caching: {a:.1%} vs {b:.1%} without caching ({ratio}, {100 * (a - b):+.1f} points) "
-                     f"on {task.eval_examples} held-out {'stacked ' if task.kind == 'stacked_mqar' else ''}MQAR sequences "
-                     f"(L={task.seq_len}, kv={task.num_kv_pairs})")
-    return "\n".join(lines)
+                     f"{where}")
+    if "attention" in acc:
+        line = f"softmax attention (the ceiling): {acc['attention']:.1%}"
+        if "baseline" in acc and acc["attention"] > acc["baseline"]:
+            closed = (acc["main"] - acc["baseline"]) / (acc["attention"] - acc["baseline"])
+            line += f"; caching closes {closed:.0%} of the gap from no caching to attention"
+        lines.append(line)
+    return lines
+
+
+def format_table(results: list[tuple[str, TrainResult]]) -> str:
+    task = results[0][1].config.train.task
+    metric = "recall acc" if task.kind in RECALL_TASKS else ("exact" if task.kind == "niah" else "val ppl")
+    head = f"{'run':9s} {'model':48s} {'params':>8s} {'eval loss':>9s} {metric:>10s} {'tok/s':>8s} {'train s':>8s}"
+    lines = [head, "-" * len(head)]
+    for name, r in results:
+        lines.append(f"{name:9s} {describe_model(r.config.model)[:48]:48s} {r.num_params:>8,d} "
+                     f"{r.final_eval['loss']:>9.4f} {_score(r):>10s} {r.tokens_per_s:>8,.0f} {r.train_seconds:>8.1f}")
+    return "\n".join(lines + comparison_lines(results))
+
+
+def list_presets() -> str:
+    from mc_jax.configs_util import preset_names
+
+    return "\n".join(preset_names())
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     quiet_logs()
+    if args.list_presets:
+        print(list_presets())
+        return 0
     try:  # before any device is touched
         initialize_from_env(args.coordinator, args.num_processes, args.process_id, auto=args.distributed)
     except (ValueError, RuntimeError) as err:
@@ -141,29 +167,44 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({name: to_dict(cfg) for name, cfg, _ in runs}, indent=2))
         return 0
     results: list[tuple[str, TrainResult]] = []
+    import jax
+
+    job = JobProgress(sum(cfg.train.steps for _, cfg, _ in runs),
+                      enabled=not args.no_progress and jax.process_index() == 0)
     try:
         for _, cfg, run_dir in runs:  # refuse before anything is written
             check_run_dir(run_dir, cfg, resume=args.resume, overwrite=args.overwrite)
         for i, (name, cfg, run_dir) in enumerate(runs):
             label = f"[{name} {i + 1}/{len(runs)}] " if len(runs) > 1 else ""
             results.append((name, train(cfg, run_dir, resume=args.resume, overwrite=args.overwrite,
-                                        progress=not args.no_progress, label=label)))
+                                        progress=not args.no_progress, label=label, job=job)))
     except NonFiniteLossError as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
     except (RunDirError, DataError, CheckpointError, TrainError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    import jax
-
+    finally:
+        job.close()
     if jax.process_index() != 0:  # process 0 reports for a multi-host job
         return 0
     table = format_table(results)
     print(table)
     root = Path(runs[0][1].train.out_dir)
     write_json_atomic(root / COMPARISON_FILE, {name: r.summary() for name, r in results})
-    print(f"runs: {', '.join(r.run_dir for _, r in results)}; evaluate with: python eval.py {results[0][1].run_dir}")
+    files = [str(root / COMPARISON_FILE)]
+    if len(results) > 1:
+        from mc_jax.plots import plot_training_curves
+
+        curves = {name: read_metrics(Path(r.run_dir) / "metrics.jsonl") for name, r in results}
+        labels = [name if describe_model(r.config.model) == name else f"{name} = {describe_model(r.config.model)}"
+                  for name, r in results]
+        if plot_training_curves(curves, root / CURVES_FILE, title=f"{root}: " + "; ".join(labels)) is not None:
+            files.append(str(root / CURVES_FILE))
+    print(f"runs: {', '.join(r.run_dir for _, r in results)}; wrote {', '.join(files)}")
+    evaluator = "mc-eval" if Path(sys.argv[0]).name.startswith("mc-") else "python eval.py"
+    print(f"evaluate with: {evaluator} {results[0][1].run_dir}; curves in TensorBoard: tensorboard --logdir {root}")
     return 0
 
 
-__all__ = ["build_parser", "format_table", "main", "resolve_configs", "run_dirs"]
+__all__ = ["build_parser", "comparison_lines", "format_table", "list_presets", "main", "resolve_configs", "run_dirs"]

@@ -13,6 +13,7 @@ the trainer can run. Cross-section checks (the task's vocabulary against the mod
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,7 @@ TASKS = ("mqar", "stacked_mqar", "text", "niah")
 RECALL_TASKS = ("mqar", "stacked_mqar")  # scored by accuracy over query positions
 BYTE_VOCAB = BYTE_VOCAB_SIZE  # the byte tokenizer (text) and the NIAH task use bytes
 DEFAULT_PRESET = "train_tiny_mqar"
+DEFAULT_OUT_DIR = "runs/run"  # TrainConfig's default; load_run_config turns it into runs/<preset name>
 
 # Fields that may differ between a checkpoint and the config that resumes it: they change neither the math nor the
 # data order, so a resumed run still reproduces the uninterrupted one.
@@ -69,6 +71,8 @@ class TaskConfig:
         path: ``text``: a text file or a directory of ``.txt`` files; ``""`` = the tiny corpus shipped in the
             package.
         val_fraction: ``text``: trailing fraction of the token stream held out for validation.
+        tokenizer: ``text``: ``byte`` (UTF-8 bytes, 256 ids) or the path of a BPE tokenizer file trained by
+            ``mc-prepare --bpe-vocab N`` (``model.vocab_size`` must be at least its vocabulary).
         needle, haystack, template: ``niah`` task variant (see :class:`mc_jax.data.NIAHConfig`).
     """
 
@@ -84,6 +88,7 @@ class TaskConfig:
     eval_seed: int = EVAL_SEED
     path: str = ""
     val_fraction: float = 0.1
+    tokenizer: str = "byte"
     needle: str = "passkey"
     haystack: str = "noise"
     template: str = "compact"
@@ -97,6 +102,11 @@ class TaskConfig:
         _positive("train.task.min_kv_pairs", self.min_kv_pairs, zero_ok=True)
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"train.task.val_fraction must be in (0, 1); got {self.val_fraction}")
+        if not self.tokenizer:
+            raise ValueError("train.task.tokenizer must be 'byte' or the path of a BPE tokenizer file")
+        if self.tokenizer != "byte" and self.kind != "text":
+            raise ValueError(f"train.task.tokenizer={self.tokenizer!r} applies to train.task.kind=text only (the "
+                             f"{self.kind!r} task makes its own token ids); leave it at 'byte'")
         if self.kind == "mqar":
             self.mqar_config()  # MQAR's own checks (even length, V > L, room for the pairs)
         if self.kind == "stacked_mqar":
@@ -163,10 +173,11 @@ class TrainConfig:
         ckpt_every: checkpoint every this many steps (and at the end); 0 = only at the end.
         keep: checkpoints kept (the newest).
         log_every: metrics record every this many steps (the progress bar updates every step).
-        out_dir: output root; runs go to ``<out_dir>/main`` (and ``<out_dir>/baseline``).
+        out_dir: output root; runs go to ``<out_dir>/main`` (and one directory per baseline, see
+            :func:`baseline_run_name`). Presets that do not set it write to ``runs/<preset name>``.
         seed: model initialisation, data order and training stream.
-        baseline: a mixer kind to train the same way for comparison (``none`` = the model without caching);
-            ``""`` trains the main model only.
+        baseline: comma-separated mixer kinds to train the same way for comparison (``none`` = the model without
+            caching, ``attention`` = softmax attention, the recall ceiling); ``""`` trains the main model only.
         task: what to train on.
     """
 
@@ -185,7 +196,7 @@ class TrainConfig:
     ckpt_every: int = 400
     keep: int = 2
     log_every: int = 10
-    out_dir: str = "runs/tiny_mqar"
+    out_dir: str = DEFAULT_OUT_DIR
     seed: int = 0
     baseline: str = "none"
     task: TaskConfig = field(default_factory=TaskConfig)
@@ -208,8 +219,11 @@ class TrainConfig:
             raise ValueError(f"train.warmup={self.warmup} must be smaller than train.steps={self.steps}")
         if self.batch_size % self.accum:
             raise ValueError(f"train.batch_size={self.batch_size} must be a multiple of train.accum={self.accum}")
-        if self.baseline not in ("",) + MIXER_KINDS:
-            raise ValueError(f"train.baseline={self.baseline!r} must be '' (no baseline) or one of {list(MIXER_KINDS)}")
+        kinds = self.baselines
+        bad = [k for k in kinds if k not in MIXER_KINDS]
+        if bad or len(set(kinds)) != len(kinds):
+            raise ValueError(f"train.baseline={self.baseline!r} must be '' (no baseline) or distinct mixer kinds from "
+                             f"{list(MIXER_KINDS)}, comma separated (e.g. none,attention)")
         if not self.out_dir:
             raise ValueError("train.out_dir must not be empty")
         if not isinstance(self.task, TaskConfig):
@@ -217,6 +231,11 @@ class TrainConfig:
         if self.task.kind != "text" and self.task.eval_seed == self.seed:
             raise ValueError(f"train.task.eval_seed ({self.task.eval_seed}) must differ from train.seed (the "
                              "held-out examples would be training examples)")
+
+    @property
+    def baselines(self) -> tuple[str, ...]:
+        """The mixer kinds of ``baseline``, in order (``()`` for none)."""
+        return tuple(k.strip() for k in self.baseline.split(",") if k.strip())
 
     @property
     def micro_batch(self) -> int:
@@ -261,6 +280,8 @@ class RunConfig:
                                      "the task's keys and values: set both to the same value")
             return
         data_vocab, model_vocab = task.data_vocab, model.vocab_size
+        if task.tokenizer != "byte":
+            return  # a BPE vocabulary is checked against the model when the tokenizer file is read
         if data_vocab > model_vocab:
             source = (f"the MQAR task uses ids up to train.task.vocab_size={data_vocab}"
                       if self.train.task.kind == "mqar" else f"the {self.train.task.kind!r} task uses byte ids (256)")
@@ -311,10 +332,16 @@ def config_diff(stored: RunConfig | dict, requested: RunConfig | dict, *, ignore
     return out
 
 
-def baseline_config(config: RunConfig) -> RunConfig | None:
-    """The comparison run: the same model and training with every ``mc`` layer replaced by ``train.baseline``
-    (``None`` when ``train.baseline`` is empty)."""
-    kind = config.train.baseline
+def baseline_run_name(kind: str) -> str:
+    """Directory (and table row) of a baseline run: ``baseline`` for ``none`` (the model without caching), else the
+    mixer kind (``attention``, ``sliding_window``, ...)."""
+    return "baseline" if kind == "none" else kind
+
+
+def baseline_config(config: RunConfig, kind: str | None = None) -> RunConfig | None:
+    """A comparison run: the same model and training with every ``mc`` layer replaced by ``kind`` (default: the
+    first of ``train.baseline``; ``None`` when ``train.baseline`` is empty and no kind is given)."""
+    kind = kind if kind is not None else next(iter(config.train.baselines), None)
     if not kind:
         return None
     model = config.model
@@ -331,16 +358,27 @@ def baseline_config(config: RunConfig) -> RunConfig | None:
     return RunConfig(model=new_model, train=dataclasses.replace(config.train, baseline=""), mesh=config.mesh)
 
 
-def load_run_config(preset: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """``configs/<preset>.py`` (default :data:`DEFAULT_PRESET`) with dotted overrides applied.
+def baseline_configs(config: RunConfig) -> list[tuple[str, RunConfig]]:
+    """``[(run name, config)]`` for every kind of ``train.baseline``, in order."""
+    return [(baseline_run_name(kind), baseline_config(config, kind)) for kind in config.train.baselines]
 
-    A preset may define a ``RunConfig`` or a bare ``ModelConfig`` (used with the default ``TrainConfig``).
+
+def load_run_config(preset: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """The preset (default :data:`DEFAULT_PRESET`; see :func:`mc_jax.configs_util.load_preset`) with dotted
+    overrides applied.
+
+    A preset may define a ``RunConfig`` or a bare ``ModelConfig`` (used with the default ``TrainConfig``). A preset
+    that leaves ``train.out_dir`` at its default writes to ``runs/<preset name>`` (one directory per preset).
     """
-    base = load_preset(preset or DEFAULT_PRESET)
+    name = preset or DEFAULT_PRESET
+    base = load_preset(name)
     if isinstance(base, ModelConfig):
         base = RunConfig(model=base)
     if not isinstance(base, RunConfig):
         raise ValueError(f"preset {preset!r} defines a {type(base).__name__}, not a RunConfig or ModelConfig")
+    if base.train.out_dir == DEFAULT_OUT_DIR:
+        stem = os.path.splitext(os.path.basename(name))[0]
+        base = base.replace(train=dataclasses.replace(base.train, out_dir=f"runs/{stem}"))
     return apply_overrides(base, list(overrides))
 
 
@@ -363,7 +401,7 @@ def describe_model(model: ModelConfig) -> str:
 
 
 __all__ = [
-    "BYTE_VOCAB", "DEFAULT_PRESET", "RECALL_TASKS", "RESUMABLE_CHANGES", "RunConfig", "TASKS", "TaskConfig", "TrainConfig",
-    "baseline_config", "config_diff", "config_from_dict", "config_to_dict", "describe_model", "flat_dict",
-    "load_run_config",
+    "BYTE_VOCAB", "DEFAULT_OUT_DIR", "DEFAULT_PRESET", "RECALL_TASKS", "RESUMABLE_CHANGES", "RunConfig", "TASKS",
+    "TaskConfig", "TrainConfig", "baseline_config", "baseline_configs", "baseline_run_name", "config_diff",
+    "config_from_dict", "config_to_dict", "describe_model", "flat_dict", "load_run_config",
 ]

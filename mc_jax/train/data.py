@@ -14,12 +14,12 @@ import grain
 import numpy as np
 
 from mc_jax.data import (
-    ByteTokenizer,
     MQARSource,
     NIAHSource,
     PackedTokenSource,
     StackedMQARSource,
     load_tiny_corpus,
+    load_tokenizer,
     make_dataset,
     make_iterator,
     read_text,
@@ -56,16 +56,18 @@ def _batches(source: Any, batch_size: int, limit: int | None = None) -> list[dic
     return out
 
 
-def load_text_tokens(path: str) -> tuple[np.ndarray, str]:
-    """Byte tokens of ``path`` (``""`` = the shipped tiny corpus) and a description; :class:`DataError` when the
-    file is missing, unreadable or empty."""
+def load_text_tokens(path: str, tokenizer: str = "byte") -> tuple[np.ndarray, str]:
+    """Tokens of ``path`` (``""`` = the shipped tiny corpus) under ``tokenizer`` (``byte`` or a BPE file, see
+    :func:`mc_jax.data.load_tokenizer`) and a description; :class:`DataError` when the file is missing, unreadable
+    or empty."""
     try:
         text = read_text(path) if path else load_tiny_corpus()
-    except ValueError as err:
+        tok = load_tokenizer(tokenizer)
+    except (ValueError, ImportError) as err:
         raise DataError(str(err)) from None
     if not text.strip():
         raise DataError(f"no text in {path or 'the tiny corpus'}")
-    return ByteTokenizer().encode(text), (path or "tiny corpus")
+    return tok.encode(text), (path or "tiny corpus")
 
 
 def build_task_data(config: RunConfig, eval_batch_size: int | None = None,
@@ -105,7 +107,12 @@ def build_task_data(config: RunConfig, eval_batch_size: int | None = None,
         desc = f"NIAH {task.needle}/{task.haystack} L={task.seq_len}"
         shuffle = False
     else:
-        tokens, where = load_text_tokens(task.path)
+        tokens, where = load_text_tokens(task.path, task.tokenizer)
+        if task.tokenizer != "byte":
+            vocab = load_tokenizer(task.tokenizer).vocab_size
+            if vocab > config.model.vocab_size:
+                raise DataError(f"vocabulary mismatch: the tokenizer {task.tokenizer} has {vocab} ids but "
+                                f"model.vocab_size={config.model.vocab_size}; set model.vocab_size={vocab}")
         if tokens.max(initial=0) >= config.model.vocab_size:
             raise DataError(f"vocabulary mismatch: {where} has token id {int(tokens.max())} but "
                             f"model.vocab_size={config.model.vocab_size}")
@@ -114,9 +121,10 @@ def build_task_data(config: RunConfig, eval_batch_size: int | None = None,
             source = PackedTokenSource(train_tokens, task.seq_len)
             held = PackedTokenSource(val_tokens, task.seq_len, drop_last=False)
         except ValueError as err:
-            raise DataError(f"text data {where!r} ({len(tokens)} byte tokens) is unusable at "
+            raise DataError(f"text data {where!r} ({len(tokens)} tokens) is unusable at "
                             f"train.task.seq_len={task.seq_len}: {err}") from None
-        desc = f"text {where}: {len(train_tokens)} train / {len(val_tokens)} val byte tokens, L={task.seq_len}"
+        kind = "byte" if task.tokenizer == "byte" else "BPE"
+        desc = f"text {where}: {len(train_tokens)} train / {len(val_tokens)} val {kind} tokens, L={task.seq_len}"
         shuffle = True
     try:
         dataset = make_dataset(source, batch_size=train.batch_size // count, seed=train.seed, shuffle=shuffle,

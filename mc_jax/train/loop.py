@@ -31,20 +31,34 @@ from mc_jax.train.sharding import TrainSharding, data_shard, init_state
 from mc_jax.train.checkpoint import (
     CKPT_SUBDIR,
     RUN_FILE,
-    CheckpointError,
+    TOKENIZER_FILE,
     Checkpointer,
+    CheckpointError,
     check_same_config,
     read_run_file,
+    record_session,
     write_json_atomic,
     write_run_file,
 )
-from mc_jax.train.config import RESUMABLE_CHANGES, RunConfig, config_to_dict, describe_model
+from mc_jax.train.config import (
+    RESUMABLE_CHANGES,
+    RunConfig,
+    config_to_dict,
+    describe_model,
+)
 from mc_jax.train.data import TaskData, build_task_data
-from mc_jax.train.metrics import METRICS_FILE, MetricsLogger, ProgressBar
+from mc_jax.train.metrics import METRICS_FILE, JobProgress, MetricsLogger, read_metrics
 from mc_jax.train.optim import make_optimizer, make_schedule
-from mc_jax.train.step import evaluate_batches, make_train_step, reshape_for_accum, split_model
+from mc_jax.train.runinfo import finish_session, public, session_info
+from mc_jax.train.step import (
+    evaluate_batches,
+    make_train_step,
+    reshape_for_accum,
+    split_model,
+)
 
 FINAL_FILE = "final.json"
+CURVES_FILE = "curves.png"
 RUN_MARKERS = (RUN_FILE, CKPT_SUBDIR, METRICS_FILE, FINAL_FILE)
 
 
@@ -125,13 +139,18 @@ def check_run_dir(run_dir: str | Path, config: RunConfig, *, resume: bool, overw
                           "(choose another train.out_dir)")
 
 
-def _prepare_run_dir(run_dir: Path, config: RunConfig, *, resume: bool, overwrite: bool) -> None:
+def _prepare_run_dir(run_dir: Path, config: RunConfig, *, resume: bool, overwrite: bool,
+                     session: dict[str, Any]) -> None:
     check_run_dir(run_dir, config, resume=resume, overwrite=overwrite)
     if overwrite and holds_run(run_dir):
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if config.train.task.tokenizer != "byte" and not (run_dir / TOKENIZER_FILE).exists():
+        shutil.copyfile(config.train.task.tokenizer, run_dir / TOKENIZER_FILE)  # eval reads it from the run
     if not (run_dir / RUN_FILE).exists():
-        write_run_file(run_dir, config)
+        write_run_file(run_dir, config, public(session))
+    else:
+        record_session(run_dir, public(session))
 
 
 def _finite(x: float) -> bool:
@@ -167,10 +186,16 @@ def train(
     label: str = "",
     stream: IO[str] | None = None,
     data: TaskData | None = None,
+    job: JobProgress | None = None,
+    plot: bool = True,
 ) -> TrainResult:
     """Train ``config`` in ``run_dir``; see the module docstring. Raises :class:`RunDirError`,
     :class:`~mc_jax.train.data.DataError`, :class:`~mc_jax.train.checkpoint.CheckpointError` or
-    :class:`NonFiniteLossError`; nothing already on disk is lost in any of these cases."""
+    :class:`NonFiniteLossError`; nothing already on disk is lost in any of these cases.
+
+    ``progress``: show a progress bar (log lines are printed to ``stream`` either way); ``job``: the bar of a job of
+    several runs (its ETA covers them all; the caller closes it), else the run gets its own. ``plot``: write
+    ``<run_dir>/curves.png`` (loss and accuracy curves; needs matplotlib) at the end."""
     wall0 = time.perf_counter()
     stream = stream or sys.stderr
     tc = config.train
@@ -211,19 +236,23 @@ def train(
             start, data_state, resumed_from = latest, meta.get("data_state"), latest
         reader.close()
     _sync("mc_jax.train: checkpoint read")  # nobody touches the directory before every process has read it
+    session = session_info(config, start_step=start)
     if primary:
-        _prepare_run_dir(run_dir, config, resume=resume, overwrite=overwrite)
+        _prepare_run_dir(run_dir, config, resume=resume, overwrite=overwrite, session=session)
     _sync("mc_jax.train: run directory ready")
     ckpt = Checkpointer(run_dir, keep=tc.keep)
     logger = MetricsLogger(run_dir, resume_step=start if resume else None) if primary else _NullLogger()
-    progress = progress and primary
-    bar = ProgressBar(tc.steps, start=start, label=label, stream=stream, enabled=progress)
-    if progress:
-        where = f"resumed from step {start}" if resumed_from is not None else "from scratch"
-        bar.message(f"{label}{describe_model(config.model)}: {num_params:,} params, {data.description}; "
-                    f"{tc.steps} steps x {tc.batch_size} seqs ({where}) -> {run_dir}")
-        if not logger.tensorboard_enabled and start == 0:
-            bar.message(f"{label}tensorboardX is not installed: metrics go to {logger.path.name} only")
+    own_bar = job is None
+    bar = job if job is not None else JobProgress(tc.steps - start, enabled=progress and primary, stream=stream)
+    if job is not None:
+        bar.start_run(label, done_steps=start)
+    say = bar.message if primary else (lambda text: None)
+    where = f"resumed from step {start}" if resumed_from is not None else "from scratch"
+    say(f"{label}{describe_model(config.model)}: {num_params:,} params, {data.description}; "
+        f"{tc.steps} steps x {tc.batch_size} seqs ({where}) -> {run_dir}")
+    if primary and not logger.tensorboard_enabled and start == 0:
+        say(f"{label}tensorboardX is not installed (pip install 'mc_jax[tensorboard]'): metrics go to "
+            f"{logger.path.name} only")
 
     step_fn = make_train_step(graphdef, rest, tx, tc.accum, shard=shard, donate=shard is not None)
     it = data.iterator(data_state)
@@ -266,12 +295,11 @@ def train(
             if step % tc.log_every == 0 or step == start + 1 or step == tc.steps:
                 logger.log(step, "train", {"loss": loss, "accuracy": float(m["accuracy"]), "grad_norm": grad_norm,
                                            "lr": lr, "tokens_per_s": tokens_per_s})
-            rate = timed_steps / timed_seconds if timed_seconds > 0 else float("nan")
-            bar.update(step, loss, tokens_per_s, (tc.steps - step) / rate if rate == rate else float("nan"))
+            bar.update(loss, tokens_per_s)
             if tc.eval_every and step % tc.eval_every == 0 and step < tc.steps:
                 ev = do_eval(step)
-                bar.message(f"{label}step {step}: eval loss {ev['loss']:.4f} acc {ev['accuracy']:.2%} "
-                            f"exact {ev['exact_match']:.2%}")
+                say(f"{label}step {step}: eval loss {ev['loss']:.4f} acc {ev['accuracy']:.2%} "
+                    f"exact {ev['exact_match']:.2%}")
             if tc.ckpt_every and step % tc.ckpt_every == 0 and step < tc.steps:
                 ckpt.save(step, params, opt_state, data_state=it.get_state(), config=config)
                 last_saved = step
@@ -280,7 +308,8 @@ def train(
         final = do_eval(tc.steps)
         ckpt.wait()
     finally:
-        bar.close()
+        if own_bar:
+            bar.close()
         logger.close()
         ckpt.close()
 
@@ -291,14 +320,20 @@ def train(
     )
     if primary:
         write_json_atomic(run_dir / FINAL_FILE, {**result.summary(), "config": config_to_dict(config)})
+        record_session(run_dir, finish_session(session, end_step=tc.steps))
+        if plot:
+            from mc_jax.plots import plot_training_curves
+
+            plot_training_curves({describe_model(config.model): read_metrics(logger.path)}, run_dir / CURVES_FILE,
+                                 title=f"{run_dir.name}: {describe_model(config.model)}, {data.description}")
     _sync("mc_jax.train: done")
-    if progress:
-        bar.message(f"{label}done: eval loss {final['loss']:.4f}, accuracy {final['accuracy']:.2%}, "
-                    f"exact match {final['exact_match']:.2%} ({tokens_per_s:,.0f} tok/s)")
+    say(f"{label}done: eval loss {final['loss']:.4f}, accuracy {final['accuracy']:.2%}, "
+        f"exact match {final['exact_match']:.2%} ({tokens_per_s:,.0f} tok/s)")
     return result
 
 
 __all__ = [
-    "FINAL_FILE", "NonFiniteLossError", "RunDirError", "TrainError", "TrainResult", "check_run_dir", "holds_run",
+    "CURVES_FILE", "FINAL_FILE", "NonFiniteLossError", "RunDirError", "TrainError", "TrainResult", "check_run_dir",
+    "holds_run",
     "train", "CheckpointError",
 ]

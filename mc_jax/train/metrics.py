@@ -1,7 +1,13 @@
-"""Metrics sinks (JSONL, TensorBoard when ``tensorboardX`` is installed) and a dependency-free progress bar."""
+"""Metrics sinks (JSONL; TensorBoard event files when ``tensorboardX`` is installed, the ``tensorboard`` extra), the
+job's tqdm progress bar and the loss-curve plot.
+
+``metrics.jsonl`` holds one JSON object per line: ``{"step", "split": "train" | "eval", <metric>: number | null}``;
+numbers are JSON numbers, a non-finite value is ``null``.
+"""
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -15,7 +21,7 @@ METRICS_FILE = "metrics.jsonl"
 
 def _jsonable(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
-        return str(value)  # "nan" / "inf": strict JSON has no NaN
+        return None  # strict JSON has no NaN / inf: null (readers see "no value", never a string)
     if hasattr(value, "item"):
         return _jsonable(value.item())
     return value
@@ -36,7 +42,8 @@ def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
 
 def tensorboard_writer(log_dir: str | os.PathLike[str]):
-    """A ``tensorboardX.SummaryWriter`` or ``None`` when tensorboardX is not installed (no new dependency)."""
+    """A ``tensorboardX.SummaryWriter`` or ``None`` when tensorboardX is not installed (``pip install
+    'mc_jax[tensorboard]'``); view with ``tensorboard --logdir runs``."""
     try:
         from tensorboardX import SummaryWriter
     except ImportError:
@@ -83,67 +90,61 @@ class MetricsLogger:
             self.tb.close()
 
 
-def _fmt_time(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = int(round(seconds))
-    m, s = divmod(seconds, 60)
-    h, m = divmod(m, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:d}:{s:02d}"
+class JobProgress:
+    """One tqdm progress bar over every run of a job (``python train.py`` trains MC, then its baselines): its total
+    is the steps all runs have to do, so its ETA covers the whole job, not only the current run.
 
+    Log lines (:meth:`message`) are printed whether or not the bar is shown (``--no-progress`` hides the bar only).
+    On a terminal the bar redraws in place; otherwise (a log file) it prints at most every 30 s.
+    """
 
-class ProgressBar:
-    """``label [#####.....] step/total loss tok/s ETA``: redrawn in place (``\\r``) on a terminal, or printed as a
-    line about every 10% of the steps otherwise (logs stay readable)."""
+    def __init__(self, total_steps: int, *, enabled: bool = True, stream: IO[str] | None = None,
+                 log_interval_s: float = 30.0):
+        from tqdm.auto import tqdm
 
-    def __init__(self, total: int, *, start: int = 0, label: str = "", stream: IO[str] | None = None,
-                 enabled: bool = True, width: int = 24):
-        self.total, self.start, self.label, self.width = total, start, label, width
         self.stream = stream or sys.stderr
-        self.enabled = enabled
-        self.tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
-        self._last_draw = 0.0
-        self._next_line = start + 1
-        self._line_len = 0
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        # Not a terminal: tqdm renders into a sink and the meter is printed as a plain line every log_interval_s.
+        self.bar = tqdm(total=total_steps, file=self.stream if self.tty else io.StringIO(), disable=not enabled,
+                        unit="step", dynamic_ncols=self.tty, mininterval=0.1, smoothing=0.05, leave=True)
+        self.log_interval_s = log_interval_s
+        self._last_line = time.monotonic()
+        self.label = ""
 
-    def update(self, step: int, loss: float, tokens_per_s: float, eta_s: float, extra: str = "") -> None:
-        """Redraw for ``step`` (``tokens_per_s`` / ``eta_s`` may be NaN while unknown)."""
-        if not self.enabled:
-            return
-        now = time.perf_counter()
-        frac = step / max(self.total, 1)
-        fill = int(frac * self.width)
-        bar = "#" * fill + "." * (self.width - fill)
-        tps = f"{tokens_per_s:,.0f}" if tokens_per_s == tokens_per_s else "?"
-        text = (f"{self.label}[{bar}] {step}/{self.total} loss {loss:.4f} {tps} tok/s ETA {_fmt_time(eta_s)}"
-                f"{(' ' + extra) if extra else ''}")
-        if self.tty:
-            if now - self._last_draw >= 0.1 or step == self.total:
-                pad = max(self._line_len - len(text), 0)
-                self.stream.write("\r" + text + " " * pad)
-                self.stream.flush()
-                self._line_len = len(text)
-                self._last_draw = now
-        elif step >= self._next_line or step == self.total:
-            self.stream.write(text + "\n")
-            self.stream.flush()
-            self._next_line = step + max(self.total // 10, 1)
+    @property
+    def enabled(self) -> bool:
+        return not self.bar.disable
 
-    def message(self, text: str) -> None:
-        """Print a line without breaking the bar."""
-        if not self.enabled:
-            return
-        if self.tty and self._line_len:
-            self.stream.write("\r" + " " * self._line_len + "\r")
-            self._line_len = 0
+    def start_run(self, label: str, done_steps: int = 0) -> None:
+        """A run begins; ``done_steps`` it had already done (a resumed run) leave the job's total."""
+        self.label = label.strip()
+        self.bar.set_description_str(self.label.strip("[]"), refresh=False)
+        if done_steps and self.bar.total is not None:
+            self.bar.total = max(self.bar.total - done_steps, self.bar.n)
+            self.bar.refresh()
+
+    def update(self, loss: float, tokens_per_s: float) -> None:
+        """One step done."""
+        tps = f"{tokens_per_s:,.0f}" if math.isfinite(tokens_per_s) else "?"
+        self.bar.set_postfix_str(f"loss {loss:.4f}, {tps} tok/s", refresh=False)
+        self.bar.update(1)
+        if self.enabled and not self.tty and time.monotonic() - self._last_line >= self.log_interval_s:
+            self._line(str(self.bar))
+
+    def _line(self, text: str) -> None:
         self.stream.write(text + "\n")
         self.stream.flush()
+        self._last_line = time.monotonic()
+
+    def message(self, text: str) -> None:
+        """Print a log line without breaking the bar (always, also with the bar disabled)."""
+        if self.enabled and self.tty:
+            self.bar.write(text, file=self.stream)
+        else:
+            self._line(text)
 
     def close(self) -> None:
-        if self.enabled and self.tty and self._line_len:
-            self.stream.write("\n")
-            self.stream.flush()
-            self._line_len = 0
+        self.bar.close()
 
 
-__all__ = ["METRICS_FILE", "MetricsLogger", "ProgressBar", "read_metrics", "tensorboard_writer"]
+__all__ = ["METRICS_FILE", "JobProgress", "MetricsLogger", "read_metrics", "tensorboard_writer"]

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import struct
-import zlib
+from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
@@ -16,18 +15,15 @@ from mc_jax.data import MQARConfig, MQARSource, NIAHConfig, NIAHSource
 from mc_jax.eval import (
     EvalError,
     generate_text,
-    heatmap_image,
     load_checkpoint,
     mqar_accuracy,
     niah_csv,
     niah_grid,
     niah_table,
     text_perplexity,
-    write_png,
 )
 from mc_jax.eval.cli import main as eval_main
 from mc_jax.eval.metrics import score_rows
-from mc_jax.eval.png import read_png_size
 from mc_jax.models import PureModel, create_model, generate
 from mc_jax.train import CheckpointError, train
 
@@ -49,20 +45,9 @@ def random_byte_model():
     return PureModel.split(create_model(config.model, seed=0))
 
 
-def _decode_png(path):
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, chunks = 8, {}
-    while pos < len(data):
-        (n,) = struct.unpack(">I", data[pos:pos + 4])
-        kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + n]
-        assert struct.unpack(">I", data[pos + 8 + n:pos + 12 + n])[0] == zlib.crc32(kind + body) & 0xFFFFFFFF
-        chunks[kind] = chunks.get(kind, b"") + body
-        pos += 12 + n
-    w, h, depth, color = struct.unpack(">IIBB", chunks[b"IHDR"][:10])
-    raw = np.frombuffer(zlib.decompress(chunks[b"IDAT"]), np.uint8).reshape(h, 1 + w * 3)
-    assert np.all(raw[:, 0] == 0)
-    return raw[:, 1:].reshape(h, w, 3)
+def _results(out: Path) -> list[Path]:
+    """The per-call result directories under an eval output parent, oldest first."""
+    return sorted(p for p in out.iterdir() if p.is_dir())
 
 
 # ---- loading -------------------------------------------------------------------------------------------------------------
@@ -90,9 +75,17 @@ def test_load_checkpoint_matches_training_and_refuses_mismatches(run_dir):
 def test_eval_cli_end_to_end_and_mismatch_refusal(run_dir, tmp_path, capsys):
     out = tmp_path / "out"
     assert eval_main([str(run_dir), "--out", str(out), "--generate", "ab", "--max-new-tokens", "4", "--mqar"]) == 0
-    results = json.loads((out / "results.json").read_text())
+    printed = capsys.readouterr().out
+    (first,) = _results(out)
+    assert first.name.endswith("-step6")
+    results = json.loads((first / "results.json").read_text())
     assert 0.0 <= results["mqar"]["accuracy"] <= 1.0 and results["step"] == 6
-    assert isinstance(results["generation"]["output"], str)
+    generated = results["generation"]["output"]
+    assert isinstance(generated, str) and f"ab{generated}\n" in printed  # printed as text, not as a repr
+    # a second call keeps the first call's results; options may come after the overrides (and the other way round)
+    assert eval_main([str(run_dir), "--mqar", "--out", str(out), "--examples", "8", "--no-progress"]) == 0
+    assert len(_results(out)) == 2 and (first / "results.json").exists()
+    assert json.loads((_results(out)[1] / "results.json").read_text())["mqar"]["examples"] == 8
     assert eval_main([str(run_dir), "model.d_model=32", "--out", str(out)]) == 1
     err = capsys.readouterr().err
     assert "different model config" in err and "model.d_model: 16 (checkpoint) vs 32 (requested)" in err
@@ -100,13 +93,52 @@ def test_eval_cli_end_to_end_and_mismatch_refusal(run_dir, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flag", ["--mqar-kv", "--examples", "--seq-len", "--niah-samples", "--max-tokens",
+                                  "--max-new-tokens", "--mqar-len"])
+@pytest.mark.parametrize("value", ["0", "-3"])
+def test_eval_cli_refuses_zero_and_negative_counts(run_dir, tmp_path, capsys, flag, value):
+    with pytest.raises(SystemExit) as exc:
+        eval_main([str(run_dir), "--mqar", f"{flag}={value}", "--out", str(tmp_path)])
+    assert exc.value.code == 2
+    assert f"argument {flag}: must be > 0, got '{value}'" in capsys.readouterr().err
+    assert not tmp_path.joinpath("x").exists() and list(tmp_path.iterdir()) == []  # nothing was evaluated
+
+
+def test_eval_cli_text_split_max_tokens_and_sampling(run_dir, tmp_path, capsys):
+    path = tmp_path / "t.txt"
+    path.write_text("".join(chr(97 + i % 26) for i in range(2000)))
+    out = tmp_path / "out"
+    args = [str(run_dir), "--text", str(path), "--out", str(out), "--seq-len", "32", "--no-progress"]
+    assert eval_main(args) == 0  # default: the held-out trailing 10%
+    assert eval_main([*args, "--split", "all", "--max-tokens", "100"]) == 0
+    assert eval_main([*args, "--split", "train"]) == 0
+    val, capped, train_part = (json.loads((d / "results.json").read_text())["text"] for d in _results(out))
+    assert (val["split"], val["tokens"]) == ("val", 200 - 1)
+    assert (capped["split"], capped["tokens"]) == ("all", 100)
+    assert (train_part["split"], train_part["tokens"]) == ("train", 1800 - 1)
+    capsys.readouterr()
+    sample = [str(run_dir), "--generate", "ab", "--temperature", "1.0", "--top-p", "0.9", "--max-new-tokens", "6",
+              "--out", str(out)]
+    texts = []
+    for seed in ("1", "1", "2"):
+        assert eval_main([*sample, "--seed", seed]) == 0
+        texts.append(json.loads((_results(out)[-1] / "results.json").read_text())["generation"])
+    assert texts[0] == texts[1] and texts[0]["top_p"] == 0.9 and texts[0]["seed"] == 1  # a seed reproduces
+    assert "temperature 1.0, top-p 0.9, seed 1" in capsys.readouterr().out
+    for bad in (["--top-p", "0"], ["--top-p", "1.5"], ["--split", "test"]):
+        with pytest.raises(SystemExit):
+            eval_main([*sample, *bad])
+
+
 # ---- metrics ---------------------------------------------------------------------------------------------------------------
 def test_text_perplexity_of_a_random_model(random_byte_model, tmp_path):
     pure, state = random_byte_model
     path = tmp_path / "t.txt"
     path.write_text("The grass is green. The sky is blue. " * 20)
-    r = text_perplexity(pure, state, path, seq_len=64, batch_size=4)
+    r = text_perplexity(pure, state, path, seq_len=64, batch_size=4, split="all")
     assert r["tokens"] == len(path.read_text()) - 1
+    val = text_perplexity(pure, state, path, seq_len=64, batch_size=4)  # the held-out trailing 10%
+    assert val["split"] == "val" and val["tokens"] == round(0.1 * len(path.read_text())) - 1
     assert r["perplexity"] == pytest.approx(np.exp(r["loss"]), rel=1e-6)
     assert 150 < r["perplexity"] < 400  # near-uniform over 256 bytes at initialisation
     assert r["bits_per_byte"] == pytest.approx(r["loss"] / np.log(2))
@@ -147,9 +179,12 @@ def test_niah_grid_table_and_teacher_forced_equals_greedy(random_byte_model):
 def test_niah_table_layout():
     grid = {"lengths": [48, 64], "depths": [0.0, 0.5, 1.0], "exact": np.array([[1.0, 0.5], [0.0, 0.25], [1.0, 1.0]]),
             "char_accuracy": np.ones((3, 2)), "samples": 4}
-    lines = niah_table(grid).splitlines()
+    grid["char_accuracy"][1, 1] = 0.5
+    lines = niah_table(grid).splitlines()  # exact match / per-character accuracy
     assert lines[0] == "| depth \\ length | 48 | 64 | mean |" and len(lines) == 6
-    assert lines[2] == "| 0.00 | 100.0 | 50.0 | 75.0 |" and lines[-1] == "| mean | 66.7 | 58.3 | 62.5 |"
+    assert lines[2] == "| 0.00 | 100.0 / 100.0 | 50.0 / 100.0 | 75.0 / 100.0 |"
+    assert lines[3] == "| 0.50 | 0.0 / 100.0 | 25.0 / 50.0 | 12.5 / 75.0 |"
+    assert lines[-1] == "| mean | 66.7 / 100.0 | 58.3 / 83.3 | 62.5 / 91.7 |"
     csv = niah_csv(grid).splitlines()
     assert csv[0] == "depth,length,exact_match,char_accuracy,samples" and len(csv) == 7
 
@@ -172,26 +207,28 @@ def test_generation_demo(random_byte_model):
         generate_text(pure, state, "")
 
 
-# ---- PNG / heatmap ---------------------------------------------------------------------------------------------------------
-def test_png_writer_round_trip(tmp_path):
-    img = np.random.default_rng(0).integers(0, 256, (7, 5, 3), dtype=np.uint8)
-    write_png(tmp_path / "a.png", img)
-    np.testing.assert_array_equal(_decode_png(tmp_path / "a.png"), img)
-    values = np.array([[0.0, 0.5], [1.0, np.nan], [0.25, 0.75]])
-    heat = heatmap_image(values, ["0.00", "0.50", "1.00"], ["64", "128"])
-    write_png(tmp_path / "h.png", heat)
-    w, h = read_png_size(tmp_path / "h.png")
-    assert (h, w) == heat.shape[:2] and h > 3 * 48 and w > 2 * 48
-    with pytest.raises(ValueError):
-        write_png(tmp_path / "bad.png", img.astype(np.float32))
+# ---- heatmap ---------------------------------------------------------------------------------------------------------------
+def test_eval_cli_niah_writes_table_and_heatmap(run_dir, tmp_path, capsys):
+    from matplotlib.image import imread
 
-
-def test_eval_cli_niah_writes_table_and_heatmap(run_dir, tmp_path):
     out = tmp_path / "niah"
     code = eval_main([str(run_dir), "--niah", "--niah-lengths", "48", "--niah-depths", "0,1", "--niah-samples",
                       "2", "--out", str(out)])
     assert code == 0
-    assert (out / "niah.md").read_text().startswith("| depth \\ length | 48 |")
-    assert len((out / "niah.csv").read_text().splitlines()) == 1 + 2
-    w, h = read_png_size(out / "niah.png")
-    assert w > 0 and h > 0
+    (res,) = _results(out)
+    assert (res / "niah.md").read_text().startswith("| depth \\ length | 48 |")
+    assert len((res / "niah.csv").read_text().splitlines()) == 1 + 2
+    assert "exact match / per-character accuracy (%), 2 samples per cell" in capsys.readouterr().out
+    image = imread(res / "niah.png")  # a real matplotlib figure: two panels, a colour bar, text
+    h, w = image.shape[:2]
+    assert h > 150 and w > 400 and image.shape[2] in (3, 4)
+    assert len(np.unique(image.reshape(-1, image.shape[2]), axis=0)) > 50  # not a blank canvas
+    assert json.loads((res / "results.json").read_text())["niah"]["heatmap"] == str(res / "niah.png")
+
+
+def test_the_eval_cli_shares_helpers_with_train_but_does_not_import_it():
+    import subprocess
+
+    code = ("import sys, mc_jax.eval.cli; assert 'mc_jax.cli_common' in sys.modules; "
+            "assert 'mc_jax.train.cli' not in sys.modules, 'eval imports the training CLI'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])

@@ -170,7 +170,8 @@ def test_eval_cli_on_a_stacked_run(stacked_run_dir, tmp_path, capsys):
     assert "accuracy by the position of the queried pair in the context (2 positions per bucket):" in printed
     assert "0-1: " in printed and "2-3: " in printed
     assert "context pairs (key->value):" in printed  # the demo (no evaluation flag given)
-    results = json.loads((out / "results.json").read_text())
+    (first,) = sorted(out.iterdir())  # one directory per call
+    results = json.loads((first / "results.json").read_text())
     r = results["stacked_mqar"]
     assert results["step"] == 6 and r["num_kv_pairs"] == 4 and r["seq_len"] == 8 and r["examples"] == 8
     assert sum(b["queries"] for b in r["by_position"]) == r["queries"] == 32
@@ -185,8 +186,10 @@ def test_eval_cli_on_a_stacked_run(stacked_run_dir, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "stacked MQAR (kv=2, L=4, 16 keys x 16 values, 3 sequences)" in printed
     assert "context pairs" not in printed  # no demo when a flag chose the evaluation
-    r = json.loads((out / "results.json").read_text())["stacked_mqar"]
+    first, second = sorted(out.iterdir())
+    r = json.loads((second / "results.json").read_text())["stacked_mqar"]
     assert r["num_kv_pairs"] == 2 and r["queries"] == 6
+    assert json.loads((first / "results.json").read_text())["stacked_mqar"]["num_kv_pairs"] == 4  # kept
 
 
 def test_eval_cli_refusals_for_a_pair_table_model(stacked_run_dir, tmp_path, capsys):
@@ -202,4 +205,4 @@ def test_eval_cli_refusals_for_a_pair_table_model(stacked_run_dir, tmp_path, cap
     assert "pair codes" in capsys.readouterr().err
     assert eval_main([str(stacked_run_dir), "--out", str(out), "--generate", "ab"]) == 1
     assert "byte-level generation feeds token ids" in capsys.readouterr().err
-    assert not (out / "results.json").exists()
+    assert not out.exists()  # refused calls write nothing

@@ -1,5 +1,5 @@
 """Token MQAR (``python train.py --preset train_token_mqar``; the default of ``train.py`` before the stacked-MQAR
-protocol of ``configs/train_tiny_mqar.py``): a tiny MC model (the full GLA-style block: linear memory + GRM,
+protocol of ``train_tiny_mqar``): a tiny MC model (the full GLA-style block: linear memory + GRM,
 independent segments of 8 tokens, 2 layers, d_model 64, 2 heads) trained on token MQAR (Zoology format, L = 64,
 8 key-value pairs, vocabulary 256, random filler tokens) on a CPU in a few minutes, then the same model without
 caching (mixer ``none``) trained the same way (same seed, data, steps and learning rate) for comparison.

@@ -6,7 +6,7 @@ project's EVALUATION.md (section 7.1), which measured a stable ~2x gain for inde
 
 The layer is bare normalised linear attention: identity q / k / v feature maps, no per-head output norm, no output
 gate, no MLP sub-layer (``model.mlp=false``), a width-1 short convolution (a per-channel scale). With the full
-GLA-style block (``configs/train_token_mqar.py``'s layer) the cached model stayed at chance on seed 2 (of 0-2);
+GLA-style block (``train_token_mqar``'s layer) the cached model stayed at chance on seed 2 (of 0-2);
 every run is listed in docs/recall_experiments.md.
 
 Measured on the 2-core CPU (1500 steps x 64 sequences, 2.5-3.5 min per model with another run sharing the cores),
@@ -45,7 +45,7 @@ CONFIG = RunConfig(
         ckpt_every=500,
         out_dir="runs/tiny_mqar",
         seed=0,
-        baseline="none",
+        baseline="none,attention",
         task=TaskConfig(kind="stacked_mqar", seq_len=64, vocab_size=1024, num_keys=1024, num_kv_pairs=32,
                         eval_examples=512),
     ),
