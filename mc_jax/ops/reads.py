@@ -63,7 +63,9 @@ def dense_mix(
     @jax.checkpoint
     def one_block(args):
         xb, gb = args  # [b h c i], [b h c m]
-        out = jnp.einsum("bhcmo,bhcm->bhco", _apply(_DENSE, spec, what, stack, xb), gb)
+        # select, not multiply: a memory with zero weight (e.g. one a token cannot see yet) may hold NaN / inf
+        reads = jnp.where(gb[..., None] != 0, _apply(_DENSE, spec, what, stack, xb), 0.0)
+        out = jnp.einsum("bhcmo,bhcm->bhco", reads, gb)
         return out + _residual(spec, what, xb, gb.sum(-1))
 
     out = jax.lax.map(one_block, (to_blocks(x), to_blocks(gamma)))  # nb b h c o
@@ -86,5 +88,6 @@ def blocked_mix(
     out = _residual(spec, what, xb, gb.sum(-1))
     for slot in range(gb.shape[-1]):
         stack = jax.tree.map(lambda s: s[:, :, slot], stacks)
-        out = out + gb[..., slot, None] * _apply(_BLOCKED, spec, what, stack, xb)
+        g = gb[..., slot, None]
+        out = out + jnp.where(g != 0, g * _apply(_BLOCKED, spec, what, stack, xb), 0.0)  # select (see dense_mix)
     return jnp.moveaxis(out, 3, 2).reshape(b, t, h, -1)
