@@ -7,14 +7,15 @@ import warnings
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import checkify
 
 from mc_jax.ops import aggregation as agg
 from mc_jax.ops.cache import MCCache, cache_slots, empty_cache, mc_stream
-from mc_jax.ops.memories import MemorySpec, complete_gates, get_memory, initial_state
+from mc_jax.ops.memories import MemorySpec, check_gate_values, complete_gates, get_memory, initial_state
 from mc_jax.ops.naive import naive_memory_caching
 from mc_jax.ops.parallel import mc_parallel
 from mc_jax.ops.segmentation import SEGMENTATIONS
-from mc_jax.ops.utils import largest_divisor_at_most
+from mc_jax.ops.utils import ceil_div, largest_divisor_at_most
 from mc_jax.typing import Array, Float, PyTree
 
 _STATIC = ("spec", "aggregation", "segmentation", "segment_size", "top_k", "init", "pool", "chunk")
@@ -96,6 +97,19 @@ def resolve_impl(impl: str, spec: MemorySpec, streaming: bool, head_dim: int = 0
     return kernels
 
 
+def cap_segment_size(segment_size: int, length: int, chunk: int) -> int:
+    """The segment size the parallel form uses for a ``length``-token call: at most ``length`` rounded up to whole
+    inner chunks. A larger segment holds the whole sequence either way (no cached memory, one online segment), so
+    the outputs are the same, but it would pad every sequence to a whole segment (``segment_size=100000`` at
+    ``T=64`` cost 1000x more). The result is still a multiple of ``chunk`` (deep memories need it)."""
+    return min(segment_size, ceil_div(length, chunk) * chunk)
+
+
+def cache_token_capacity(capacity: int, segmentation: str, segment_size: int) -> int:
+    """Tokens a cache with ``capacity`` slots can take in total (the inverse of :func:`cache_slots`)."""
+    return capacity * segment_size if segmentation == "constant" else ((1 << capacity) - 1) * segment_size
+
+
 def _check_arrays(q, k, v, u) -> None:
     for name, x in (("q", q), ("k", k), ("v", v)) + ((("u", u),) if u is not None else ()):
         if jnp.ndim(x) != 4:
@@ -131,6 +145,7 @@ def memory_caching(
     impl: str = "auto",
     return_cache: bool = False,
     cache: MCCache | None = None,
+    checked: bool = False,
 ):
     """Memory Caching over a base recurrent memory (DESIGN.md section 3).
 
@@ -156,6 +171,16 @@ def memory_caching(
             a configuration (deep memories, the streaming form) ``pallas`` falls back to XLA with a one-time warning.
         return_cache: also return an :class:`MCCache` to continue from (decoding, or a second call).
         cache: continue from this cache (from ``return_cache=True`` or :func:`init_cache`).
+        checked: under ``jit`` (traced arrays), add ``jax.experimental.checkify`` checks of what eager calls check
+            at once: gates in their ranges (:data:`~mc_jax.ops.memories.GATE_RANGES`) and a cache with room for the
+            new tokens (a full cache would silently stop growing). Wrap the jitted function:
+            ``err, y = checkify.checkify(jax.jit(f))(...); err.throw()``. Without ``checkify`` a checked call under
+            ``jit`` fails to trace (JAX asks for the functionalisation).
+
+    Non-finite values are causal: a NaN or inf in ``k``, ``v``, ``q``, ``u`` or a gate at token ``p`` never reaches
+    the outputs of tokens before ``p`` (every form and kernel; later tokens that read it get NaN). A segment size
+    above the sequence length is capped at it (rounded up to whole inner chunks) in the parallel form: same outputs,
+    the cost of one segment of ``T`` tokens (:func:`cap_segment_size`).
 
     Returns:
         ``y [B, T, H, Dv]`` in the dtype of ``q``, or ``(y, cache)`` when ``return_cache`` is set.
@@ -179,6 +204,7 @@ def memory_caching(
     b, t, h, dk = q.shape
     dv = v.shape[-1]
     chunk = resolve_chunk(spec, segment_size, chunk_size)
+    check_gate_values(gates or {}, checked=checked)
     gates = complete_gates(spec, gates, (b, t, h))
     kwargs = dict(aggregation=aggregation, segmentation=segmentation, segment_size=segment_size, top_k=top_k,
                   init=init, pool=pool)
@@ -194,6 +220,7 @@ def memory_caching(
     kernels = resolve_impl(impl, spec, streaming=cache is not None or return_cache, head_dim=max(dk, dv))
     if cache is None and not return_cache:
         state = initial_state(spec, params, b, h, dk, dv)
+        kwargs["segment_size"] = cap_segment_size(segment_size, t, chunk)
         y = _parallel(q, k, v, u_used, gates, state, spec=spec, chunk=chunk, kernels=kernels, **kwargs)
         return y.astype(q.dtype)
 
@@ -212,12 +239,17 @@ def memory_caching(
         lead = jnp.shape(cache.slot_keys)[1:4]
         if lead != (b, h, dk):
             raise ValueError(f"the cache holds [B, H, Dk] = {lead}, but q has {(b, h, dk)}")
-        if not isinstance(cache.position, jax.core.Tracer):  # under jit the capacity is the caller's contract
+        if not isinstance(cache.position, jax.core.Tracer):  # under jit: checked=True and checkify
             needed = cache_slots(int(cache.position) + t, segmentation, segment_size)
             if needed > cache.capacity:
                 raise ValueError(
                     f"the cache has {cache.capacity} slots but {int(cache.position) + t} tokens need {needed}; "
                     f"create it with init_cache(..., max_len=<total tokens>) and pass it to the first call")
+        elif checked:
+            room = cache_token_capacity(cache.capacity, segmentation, segment_size)
+            checkify.check(cache.position + t <= room, "cache overflow: {pos} + " + str(t) + f" tokens exceed the "
+                           f"cache's {room} tokens ({cache.capacity} slots); create it with "
+                           "init_cache(..., max_len=<total tokens>)", pos=cache.position)
     y, cache = _stream(q, k, v, u_used, gates, cache, spec=spec, chunk=chunk, **kwargs)
     y = y.astype(q.dtype)
     return (y, cache) if return_cache else y
