@@ -34,7 +34,8 @@ from mc_jax.eval.metrics import (
     text_perplexity,
 )
 from mc_jax.eval.png import heatmap_png
-from mc_jax.train.checkpoint import CheckpointError, write_json_atomic
+from mc_jax.files import unwritable_reason, write_json_atomic, write_text_atomic
+from mc_jax.train.checkpoint import CheckpointError
 from mc_jax.train.cli import quiet_logs
 from mc_jax.train.config import RECALL_TASKS, describe_model, load_run_config
 
@@ -86,6 +87,11 @@ def main(argv: list[str] | None = None) -> int:
                                 f"got {bad}")
             expect = load_run_config(args.preset, args.overrides)
         run = load_checkpoint(args.checkpoint, step=args.step, expect=expect)
+        out_dir = Path(args.out) if args.out else run.run_dir / "eval"
+        reason = unwritable_reason(out_dir)  # before any evaluation is computed
+        if reason is not None:
+            raise EvalError(f"cannot write the results to {out_dir} ({reason}); pass --out DIR to write them "
+                            "to a writable directory")
         return _evaluate(run, args)
     except (CheckpointError, EvalError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -136,8 +142,8 @@ def _evaluate(run, args) -> int:
                          seed=task.eval_seed, decode=args.niah_decode)
         out_dir.mkdir(parents=True, exist_ok=True)
         table = niah_table(grid)
-        (out_dir / "niah.md").write_text(table + "\n")
-        (out_dir / "niah.csv").write_text(niah_csv(grid))
+        write_text_atomic(out_dir / "niah.md", table + "\n")
+        write_text_atomic(out_dir / "niah.csv", niah_csv(grid))
         renderer = heatmap_png(out_dir / "niah.png", grid["exact"], [f"{d:.2f}" for d in depths],
                                [str(L) for L in lengths], title="NIAH exact match", xlabel="length",
                                ylabel="depth")

@@ -204,8 +204,9 @@ def memory_caching(
     b, t, h, dk = q.shape
     dv = v.shape[-1]
     chunk = resolve_chunk(spec, segment_size, chunk_size)
-    check_gate_values(gates or {}, checked=checked)
+    given = set(gates or {})
     gates = complete_gates(spec, gates, (b, t, h))
+    check_gate_values({name: gates[name] for name in given}, checked=checked)
     kwargs = dict(aggregation=aggregation, segmentation=segmentation, segment_size=segment_size, top_k=top_k,
                   init=init, pool=pool)
     u_used = u if aggregation in agg.GATED else None
