@@ -383,7 +383,7 @@ def train(
     final_before = read_final(run_dir) if resume and run_dir.is_dir() else None
     if final_before is not None and tc.steps <= int(final_before["step"]) and resume_from_step is None:
         result = TrainResult.from_final(run_dir, final_before)
-        if progress and jax.process_index() == 0:
+        if jax.process_index() == 0:  # even without progress output: it says why nothing happened
             stream.write(f"{label}run {run_dir} is finished ({result.step} steps): left as it is. To train it "
                          f"further pass --resume train.steps=<more than {result.step}>.\n")
         return result
