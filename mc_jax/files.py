@@ -107,6 +107,29 @@ def storage_problem(err: OSError) -> str:
     return (err.strerror or str(err)).splitlines()[0][:200]
 
 
+_NO_SPACE = ("No space left on device", "RESOURCE_EXHAUSTED", "Disk quota exceeded")
+_READ_ONLY = ("Read-only file system",)
+
+
+def describe_storage_error(err: BaseException) -> str:
+    """A one-line cause for a storage error, also when a library (orbax / tensorstore) wrapped the ``OSError`` in
+    another exception and kept only its text."""
+    os_err = find_os_error(err)
+    if os_err is not None:
+        return storage_problem(os_err)
+    text = ""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        text += f" {err}"
+        err = err.__cause__ or err.__context__
+    if any(m in text for m in _NO_SPACE):
+        return "no space left on the device"
+    if any(m in text for m in _READ_ONLY):
+        return "read-only file system"
+    return text.strip().splitlines()[0][:200] if text.strip() else "unknown storage error"
+
+
 def find_os_error(err: BaseException | None) -> OSError | None:
     """The first ``OSError`` in ``err``'s chain of causes / contexts (libraries wrap them)."""
     seen = set()
@@ -129,6 +152,6 @@ def append_log(path: str | os.PathLike[str], text: str) -> Path | None:
 
 
 __all__ = [
-    "append_log", "find_os_error", "nearest_existing", "not_a_directory", "read_json", "storage_problem",
+    "append_log", "describe_storage_error", "find_os_error", "nearest_existing", "not_a_directory", "read_json", "storage_problem",
     "unwritable_reason", "write_bytes_atomic", "write_json_atomic", "write_text_atomic",
 ]

@@ -37,7 +37,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import SingleDeviceSharding
 
-from mc_jax.files import append_log, find_os_error, storage_problem, write_json_atomic
+from mc_jax.files import append_log, describe_storage_error, write_json_atomic
 from mc_jax.parallel.training import all_finite
 from mc_jax.train.config import RunConfig, config_diff, config_from_dict, config_to_dict
 
@@ -267,12 +267,11 @@ class Checkpointer:
 
     def _save_error(self, step: int | None, err: BaseException) -> CheckpointError:
         log = self.log_details(f"saving checkpoint {step if step is not None else ''}", err)
-        os_err = find_os_error(err)
-        what = storage_problem(os_err) if os_err is not None else f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+        what = describe_storage_error(err)
         latest = self.all_steps()
         kept = f"the committed checkpoints ({latest}) are intact" if latest else "no checkpoint was committed yet"
-        return CheckpointError(f"cannot write a checkpoint to {self.directory}: {what}. {kept}; free space (or fix "
-                               f"the directory) and continue with --resume." + (f" Details: {log}" if log else ""))
+        return CheckpointError(f"cannot write a checkpoint to {self.directory}: {what}.\n{kept}; free space (or "
+                               "fix the directory) and continue with --resume." + (f" Details: {log}" if log else ""))
 
     def log_details(self, what: str, err: BaseException) -> Path | None:
         """Append the full storage-library error to ``<run>/mc_jax_errors.log`` (best effort)."""

@@ -68,6 +68,33 @@ def quiet_logs() -> None:
         pass
 
 
+def route_background_errors() -> None:
+    """Exceptions of background threads (orbax's save threads, tensorboardX's writer) and unraisable ones (e.g. an
+    atexit flush on a full disk) go to the newest run's error log, not as tracebacks over the run's own message."""
+    import threading
+
+    from mc_jax.files import append_log
+    from mc_jax.train.loop import LAST_ERROR_LOG
+
+    def record(kind: str, exc_type, exc, tb) -> None:
+        import traceback
+
+        if LAST_ERROR_LOG:
+            append_log(LAST_ERROR_LOG[0], f"==== {kind}\n" + "".join(traceback.format_exception(exc_type, exc, tb)))
+
+    class ToLog(logging.Handler):  # asyncio reports orbax's failed write tasks when they are collected
+        def emit(self, rec: logging.LogRecord) -> None:
+            if LAST_ERROR_LOG:
+                append_log(LAST_ERROR_LOG[0], f"==== {rec.name}\n{self.format(rec)}")
+
+    aio = logging.getLogger("asyncio")
+    aio.addHandler(ToLog(logging.ERROR))
+    aio.propagate = False
+    threading.excepthook = lambda args: record(f"thread {getattr(args.thread, 'name', '?')}", args.exc_type,
+                                               args.exc_value, args.exc_traceback)
+    sys.unraisablehook = lambda u: record(f"unraisable in {u.object!r}", u.exc_type, u.exc_value, u.exc_traceback)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="train.py", description=__doc__.split("\n\n", 1)[1].replace("::", ":"),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -149,6 +176,8 @@ def format_table(results: list[tuple[str, TrainResult]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet_logs()
+    if argv is None:  # the command line (not a library call from a test or notebook)
+        route_background_errors()
     try:  # before any device is touched
         initialize_from_env(args.coordinator, args.num_processes, args.process_id, auto=args.distributed)
     except (ValueError, RuntimeError) as err:

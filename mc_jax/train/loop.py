@@ -51,7 +51,7 @@ from typing import IO, Any
 import jax
 from jax.experimental import multihost_utils
 
-from mc_jax.files import append_log, not_a_directory, storage_problem, unwritable_reason, write_json_atomic
+from mc_jax.files import append_log, describe_storage_error, not_a_directory, unwritable_reason, write_json_atomic
 from mc_jax.models import abstract_model, count_params, create_model
 from mc_jax.parallel.mesh import mesh_for_run
 from mc_jax.parallel.training import TrainSharding, data_shard, init_state
@@ -259,6 +259,43 @@ def _prepare_run_dir(run_dir: Path, config: RunConfig, *, resume: bool, overwrit
         write_run_file(run_dir, config, extra=run_extra)
 
 
+LAST_ERROR_LOG: list[Path] = []  # the error log of the newest run of this process (see train.cli's hooks)
+
+
+class _LibraryErrors:
+    """While a run is active: the storage libraries' ERROR log records (orbax logs whole tracebacks through absl)
+    go to ``<run>/mc_jax_errors.log`` instead of the console; the run's own error message says what happened."""
+
+    def __init__(self, run_dir: Path):
+        import logging
+
+        self.handler = logging.FileHandler(run_dir / ERROR_LOG, delay=True)
+        self.handler.setLevel(logging.ERROR)
+        self.handler.handleError = lambda record: None  # e.g. a full disk: drop the record, never print
+        self.logger = logging.getLogger("absl")
+        self.logger.addHandler(self.handler)
+        self.console = [h for h in logging.getLogger().handlers if isinstance(h, logging.StreamHandler)]
+        try:
+            from absl import logging as absl_logging
+
+            self.console.append(absl_logging.get_absl_handler())
+        except ImportError:  # pragma: no cover
+            pass
+        self.levels = [h.level for h in self.console]
+        for h in self.console:
+            h.setLevel(logging.CRITICAL)
+        LAST_ERROR_LOG[:] = [run_dir / ERROR_LOG]
+
+    def close(self) -> None:
+        self.logger.removeHandler(self.handler)
+        for h, level in zip(self.console, self.levels):
+            h.setLevel(level)
+        try:
+            self.handler.close()
+        except OSError:
+            pass
+
+
 class _StopRequest:
     """SIGTERM / SIGINT handlers for the duration of a run (main thread, single process only)."""
 
@@ -345,9 +382,9 @@ def _storage_error(run_dir: Path, err: OSError) -> TrainError:
 
     log = append_log(run_dir / ERROR_LOG, "==== writing run files\n" + "".join(
         traceback.format_exception(type(err), err, err.__traceback__)))
-    return TrainError(f"cannot write to {run_dir}: {storage_problem(err)} ({getattr(err, 'filename', '') or ''}). "
-                      "The committed checkpoints are intact; free space (or fix the directory) and continue with "
-                      f"--resume.{f' Details: {log}' if log else ''}")
+    return TrainError(f"cannot write to {run_dir}: {describe_storage_error(err)} "
+                      f"({getattr(err, 'filename', '') or ''}).\nThe committed checkpoints are intact; free space (or "
+                      f"fix the directory) and continue with --resume.{f' Details: {log}' if log else ''}")
 
 
 def train(
@@ -450,6 +487,7 @@ def train(
             os.replace(run_dir / FINAL_FILE, run_dir / f"final.step{final_before['step']}.json")
             write_run_file(run_dir, config)
     _sync("mc_jax.train: run directory ready")
+    library_errors = _LibraryErrors(run_dir)
     ckpt = Checkpointer(run_dir, keep=tc.keep)
     logger = (MetricsLogger(run_dir, resume_step=start if resume else None, final_step=tc.steps) if primary
               else _NullLogger())
@@ -554,6 +592,8 @@ def train(
         except CheckpointError:
             if not failed:
                 raise
+        finally:
+            library_errors.close()
 
     result = TrainResult(
         run_dir=str(run_dir), config=config, step=tc.steps, num_params=num_params, final_eval=final,

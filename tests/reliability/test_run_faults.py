@@ -273,7 +273,7 @@ def test_sigterm_saves_a_checkpoint_and_the_resumed_run_matches_the_uninterrupte
 
 @pytest.mark.slow
 def test_double_sigint_exits_at_once_and_leaves_only_committed_checkpoints(tmp_path):
-    overrides = ["train.steps=400", "train.ckpt_every=1", "train.log_every=1", "train.baseline=", "train.keep=3"]
+    overrides = ["train.steps=40", "train.ckpt_every=1", "train.log_every=1", "train.baseline=", "train.keep=3"]
     out = tmp_path / "runs"
     proc = subprocess.Popen(train_cmd(*overrides, f"train.out_dir={out}"), env=env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, cwd=REPO)
@@ -292,14 +292,14 @@ def test_double_sigint_exits_at_once_and_leaves_only_committed_checkpoints(tmp_p
     for step in reader.all_steps():
         assert manifest_problem(reader.step_dir(step)) is None
     reader.close()
-    result = train(tiny_config(*overrides[1:], "train.steps=400"), out / "main", resume=True, progress=False)
-    assert result.step == 400
+    result = train(tiny_config(*overrides), out / "main", resume=True, progress=False)
+    assert result.step == 40
     _no_duplicates(out / "main")
 
 
 @pytest.mark.slow
 def test_sigkill_at_a_save_boundary_then_resume(tmp_path):
-    overrides = ["train.steps=400", "train.ckpt_every=3", "train.log_every=1", "train.baseline=", "train.keep=2"]
+    overrides = ["train.steps=40", "train.ckpt_every=3", "train.log_every=1", "train.baseline=", "train.keep=2"]
     out = tmp_path / "runs"
     ckpts = out / "main" / "checkpoints"
     proc = subprocess.Popen(train_cmd(*overrides, f"train.out_dir={out}"), env=env(), stdout=subprocess.DEVNULL,
@@ -319,7 +319,7 @@ def test_sigkill_at_a_save_boundary_then_resume(tmp_path):
     assert committed and all(manifest_problem(reader.step_dir(s)) is None for s in committed)
     reader.close()
     result = train(tiny_config(*overrides), out / "main", resume=True, progress=False)
-    assert result.resumed_from == committed[-1] and result.step == 400
+    assert result.resumed_from == committed[-1] and result.step == 40
     _no_duplicates(out / "main")
 
 
