@@ -18,13 +18,23 @@ from mc_jax.train.config import (
     load_run_config,
 )
 from mc_jax.train.data import DataError, TaskData, build_task_data
-from mc_jax.train.loop import NonFiniteLossError, RunDirError, TrainError, TrainResult, check_run_dir, train
+from mc_jax.train.loop import (
+    EXIT_PREEMPTED,
+    NonFiniteLossError,
+    Preempted,
+    RunDirError,
+    TrainError,
+    TrainResult,
+    check_run_dir,
+    train,
+)
 from mc_jax.train.metrics import MetricsLogger, ProgressBar, read_metrics
 from mc_jax.train.optim import decay_mask, make_optimizer, make_schedule
 from mc_jax.train.step import evaluate_batches, make_train_step, merge_model, reshape_for_accum, split_model
 
 __all__ = [
-    "CheckpointError", "Checkpointer", "DataError", "MetricsLogger", "NonFiniteLossError", "ProgressBar",
+    "CheckpointError", "Checkpointer", "DataError", "EXIT_PREEMPTED", "MetricsLogger", "NonFiniteLossError", "Preempted",
+    "ProgressBar",
     "RunConfig", "RunDirError", "TaskConfig", "TaskData", "TrainConfig", "TrainError", "TrainResult",
     "baseline_config", "build_task_data", "check_run_dir", "config_diff", "decay_mask", "describe_model",
     "evaluate_batches", "load_run_config", "make_optimizer", "make_schedule", "make_train_step", "merge_model",

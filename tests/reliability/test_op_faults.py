@@ -36,24 +36,35 @@ CASES = [
     ("delta", "ssc", "constant", "independent", "pallas"),
     ("delta", "grm", "constant", "independent", "naive"),
     ("dla", "residual", "log", "independent", "naive"),
+    ("delta", "grm", "log", "independent", "stream"),  # the streaming form (a cache, chunk by chunk)
+    ("titans", "soup", "constant", "checkpoint", "stream"),
 ]
 
 
-def _run(inputs, kw, impl):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # impl='pallas' falls back to XLA for parts without a kernel
-        f = lambda q, k, v, u, gates: memory_caching(q, k, v, u=u, gates=gates, params=inputs["params"], impl=impl,
-                                                     **kw)
-        if impl == "naive":  # per-token loops; the gates are concrete, so pass them traced-free and unchecked
-            return f(inputs["q"], inputs["k"], inputs["v"], inputs["u"], inputs["gates"])
-        return jax.jit(f)(inputs["q"], inputs["k"], inputs["v"], inputs["u"], inputs["gates"])
+def _runner(params, kw, impl):
+    """``run(inputs)``: the op compiled once (gates traced, so NaN gates are not refused) or the naive loops."""
+    stream = impl == "stream"
+    impl = "xla" if stream else impl
+    f = lambda q, k, v, u, gates: memory_caching(q, k, v, u=u, gates=gates, params=params, impl=impl,
+                                                 return_cache=stream, **kw)
+    if stream:
+        f = (lambda f: lambda *a: f(*a)[0])(f)
+    g = f if impl == "naive" else jax.jit(f)
+
+    def run(inputs):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # impl='pallas' falls back to XLA for parts without a kernel
+            return np.asarray(g(inputs["q"], inputs["k"], inputs["v"], inputs["u"], inputs["gates"]))
+
+    return run
 
 
 @pytest.mark.parametrize("memory,aggregation,segmentation,init,impl", CASES)
 def test_non_finite_input_never_reaches_earlier_tokens(memory, aggregation, segmentation, init, impl):
     inputs = make_inputs(memory, batch=1, length=T, heads=1, dk=4, dv=4, dtype=jnp.float32)
     kw = mc_kwargs(memory, aggregation, segmentation, init, segment_size=4, chunk_size=2, top_k=1)
-    clean = np.asarray(_run(inputs, kw, impl))
+    run = _runner(inputs["params"], kw, impl)
+    clean = run(inputs)
     assert np.isfinite(clean).all()
     spec = get_memory(memory)
     targets = ["k", "v"] + (list(spec.gate_names[:1]) if impl != "naive" else [])  # naive: concrete gates are refused
@@ -64,7 +75,7 @@ def test_non_finite_input_never_reaches_earlier_tokens(memory, aggregation, segm
                 bad[what] = bad[what].at[:, BAD, :, 1].set(value)
             else:
                 bad["gates"][what] = bad["gates"][what].at[:, BAD].set(value)
-            y = np.asarray(_run(bad, kw, impl))
+            y = run(bad)
             name = f"{memory}/{aggregation}/{segmentation}/{init}/{impl}: {what}[{BAD}] = {value}"
             assert_close(y[:, :BAD], clean[:, :BAD], "float32", name)
             assert not np.isfinite(y[:, BAD]).all(), name  # the token itself reads its non-finite input
@@ -106,11 +117,14 @@ def test_huge_segment_costs_one_segment_and_gives_the_same_outputs(memory, segme
     from mc_jax.ops.memories import complete_gates
 
     state = initial_state(spec, inputs["params"], 1, 1, 4, 4)
+    big = 256  # (the uncapped reference pads to a whole segment: keep it affordable)
     uncapped = mc_parallel(inputs["q"], inputs["k"], inputs["v"], inputs["u"],
                            complete_gates(spec, inputs["gates"], (1, 13, 1)), state, spec, aggregation="grm",
-                           segmentation=segmentation, segment_size=1 << 12, top_k=None, init="independent",
+                           segmentation=segmentation, segment_size=big, top_k=None, init="independent",
                            pool="mean", chunk=4)
-    assert_close(call(*args), uncapped, "float32", "capped vs uncapped")
+    capped = memory_caching(*args[:3], u=args[3], gates=args[4], params=inputs["params"], **dict(kw, segment_size=big))
+    assert_close(capped, uncapped, "float32", "capped vs uncapped")
+    assert_close(call(*args), uncapped, "float32", "segment 4096 vs uncapped 256")
 
 
 # ---- a full streaming cache under jit --------------------------------------------------------------------------------
