@@ -440,7 +440,20 @@ def transfer_params(source: Any, target: Any) -> tuple[Any, list[str], list[str]
 
 
 __all__ = [
-    "CKPT_SUBDIR", "CheckpointError", "Checkpointer", "ERROR_LOG", "FORMAT", "MANIFEST", "RUN_FILE",
-    "SET_ASIDE_SUBDIR", "check_same_config", "locate_checkpoint", "manifest_problem", "read_run_file",
-    "transfer_params", "write_json_atomic", "write_manifest", "write_run_file",
+    "CKPT_SUBDIR",
+    "ERROR_LOG",
+    "FORMAT",
+    "MANIFEST",
+    "RUN_FILE",
+    "SET_ASIDE_SUBDIR",
+    "CheckpointError",
+    "Checkpointer",
+    "check_same_config",
+    "locate_checkpoint",
+    "manifest_problem",
+    "read_run_file",
+    "transfer_params",
+    "write_json_atomic",
+    "write_manifest",
+    "write_run_file",
 ]

@@ -424,7 +424,8 @@ def train(
             stream.write(f"{label}run {run_dir} is finished ({result.step} steps): left as it is. To train it "
                          f"further pass --resume train.steps=<more than {result.step}>.\n")
         return result
-    extension = final_before is not None
+    reopened = final_before is not None  # a finished run trained further (extension, or --resume-from-step)
+    extension = reopened and tc.steps > int(final_before["step"])
     # The mesh (None: the single-device program) fails here for sizes that do not fit the devices / model / batch.
     mesh = mesh_for_run(config.mesh, config.model, tc.micro_batch)
     primary = jax.process_index() == 0
@@ -483,7 +484,7 @@ def train(
             if progress:
                 stream.write(f"{label}checkpoints {sorted(set_aside)} (uncommitted or after step {start}) moved "
                              f"to {where}\n")
-        if extension:  # the run is no longer finished: keep its old result, record the new plan
+        if reopened:  # the run is no longer finished: keep its old result, record the new plan
             os.replace(run_dir / FINAL_FILE, run_dir / f"final.step{final_before['step']}.json")
             write_run_file(run_dir, config)
     _sync("mc_jax.train: run directory ready")
