@@ -15,6 +15,7 @@ Mixer kinds:
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 import jax
@@ -43,8 +44,8 @@ def _positive(name: str, value: int | float | None, *, optional: bool = False, i
     if value is None and optional:
         return
     kinds = int if integer else int | float
-    if isinstance(value, bool) or not isinstance(value, kinds) or value <= 0:
-        raise ValueError(f"{name} must be a positive {'int' if integer else 'number'}; got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive {'int' if integer else 'finite number'}; got {value!r}")
 
 
 def _flag(name: str, value: bool) -> None:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from mc_jax.data.text import load_tiny_corpus
 from mc_jax.data.tokenizer import BPETokenizer
+from mc_jax.files import write_text_atomic
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,15 +105,9 @@ def download_sdist(spec: CorpusSpec, dest_dir: str | os.PathLike[str]) -> Path:
 
 
 def _write_atomic(out: Path, text: str) -> None:
-    """Write ``text`` to a temporary sibling of ``out``, then rename it into place."""
+    """Write ``text`` atomically to ``out`` (creating its directory)."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_text_atomic(out, text)
 
 
 def prepare_corpus(

@@ -46,8 +46,9 @@ from mc_jax.eval.metrics import (
     stacked_mqar_demo,
     text_perplexity,
 )
+from mc_jax.files import unwritable_reason, write_json_atomic, write_text_atomic
 from mc_jax.plots import plot_niah_heatmaps
-from mc_jax.train.checkpoint import CheckpointError, write_json_atomic
+from mc_jax.train.checkpoint import CheckpointError
 from mc_jax.train.config import RECALL_TASKS, describe_model, load_run_config
 
 
@@ -141,6 +142,11 @@ def main(argv: list[str] | None = None) -> int:
                                 f"got {bad}")
             expect = load_run_config(args.preset, args.overrides)
         run = load_checkpoint(args.checkpoint, step=args.step, expect=expect)
+        out_dir = Path(args.out) if args.out else run.run_dir / "eval"
+        reason = unwritable_reason(out_dir)  # before any evaluation is computed
+        if reason is not None:
+            raise EvalError(f"cannot write the results to {out_dir} ({reason}); pass --out DIR to write them "
+                            "to a writable directory")
         return _evaluate(run, args)
     except (CheckpointError, EvalError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -199,8 +205,8 @@ def _evaluate(run, args) -> int:
         grid = niah_grid(run.pure, run.state, base, lengths, depths, samples=args.niah_samples,
                          seed=task.eval_seed, decode=args.niah_decode, progress=progress)
         table = niah_table(grid)
-        out("niah.md").write_text(table + "\n")
-        out("niah.csv").write_text(niah_csv(grid))
+        write_text_atomic(out("niah.md"), table + "\n")
+        write_text_atomic(out("niah.csv"), niah_csv(grid))
         png = plot_niah_heatmaps(grid, out("niah.png"), model=describe_model(run.config.model), step=run.step,
                                  task=f"{base.needle}/{base.haystack}")
         results["niah"] = {"lengths": grid["lengths"], "depths": grid["depths"], "exact": grid["exact"].tolist(),

@@ -6,7 +6,8 @@
 
 ``path`` may be a run directory (``<run>/checkpoints/<step>`` inside), a ``checkpoints`` directory, or one step
 directory. The model is rebuilt from the config stored **in the checkpoint**, the parameter tree is checked against it
-(paths and shapes), and only the parameters are read (no optimizer state).
+(paths and shapes), the files are verified against the checkpoint's manifest (a damaged checkpoint is refused, naming
+the file and the newest intact step), and only the parameters are read (no optimizer state).
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from typing import Any
 
 from mc_jax.models import PureModel, abstract_model
 from mc_jax.train.checkpoint import (
-    CKPT_SUBDIR,
     TOKENIZER_FILE,
     Checkpointer,
     CheckpointError,
+    locate_checkpoint,
 )
 from mc_jax.train.config import RunConfig, config_diff
 from mc_jax.train.step import merge_model, split_model
@@ -57,21 +58,6 @@ class LoadedRun:
         return load_tokenizer(copy if copy.is_file() else spec)
 
 
-def _locate(path: str | os.PathLike[str]) -> tuple[Path, int | None]:
-    """``(run_dir, step or None)`` for a run dir, its checkpoints dir, or a step dir."""
-    p = Path(path).absolute()
-    if not p.exists():
-        raise CheckpointError(f"checkpoint path {p} does not exist")
-    if (p / CKPT_SUBDIR).is_dir():
-        return p, None
-    if p.name == CKPT_SUBDIR and p.is_dir():
-        return p.parent, None
-    if p.parent.name == CKPT_SUBDIR and p.name.isdigit():
-        return p.parent.parent, int(p.name)
-    raise CheckpointError(f"{p} is not a run directory, a checkpoints directory or a checkpoint step directory "
-                          "written by train.py")
-
-
 def load_checkpoint(path: str | os.PathLike[str], *, step: int | None = None,
                     expect: RunConfig | None = None) -> LoadedRun:
     """Load the parameters of a ``train.py`` checkpoint (see the module docstring)::
@@ -81,7 +67,7 @@ def load_checkpoint(path: str | os.PathLike[str], *, step: int | None = None,
     ``expect``: a config the caller wants; its **model** section must equal the checkpoint's, otherwise a
     :class:`CheckpointError` lists the differences (the training section may differ).
     """
-    run_dir, path_step = _locate(path)
+    run_dir, path_step = locate_checkpoint(path)
     if step is not None and path_step is not None and step != path_step:
         raise CheckpointError(f"--step {step} contradicts the checkpoint path (step {path_step})")
     step = step if step is not None else path_step

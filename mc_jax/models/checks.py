@@ -8,16 +8,20 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import checkify
 
 
 def is_concrete(x) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
-def check_tokens(tokens, vocab_size: int, *, name: str = "tokens") -> None:
+def check_tokens(tokens, vocab_size: int, *, name: str = "tokens", checked: bool = False) -> None:
     """``tokens`` must be an integer ``[B, T]`` array with ``T >= 1``; ids in ``[0, vocab_size)`` when concrete.
 
-    Under a trace (``jit``) the values are unknown and only the shape and dtype are checked.
+    Under a trace (``jit``) the values are unknown: only the shape and dtype are checked, and with ``checked`` a
+    ``jax.experimental.checkify`` check of the id range is added (wrap the jitted function with
+    ``checkify.checkify``). Unchecked, an out-of-range id under ``jit`` still never reads another token's
+    embedding: the model gives NaN for it (:meth:`~mc_jax.models.LanguageModel.hidden`).
     """
     shape = jnp.shape(tokens)
     if len(shape) != 2:
@@ -33,6 +37,16 @@ def check_tokens(tokens, vocab_size: int, *, name: str = "tokens") -> None:
         if lo < 0 or hi >= vocab_size:
             bad = lo if lo < 0 else hi
             raise ValueError(f"{name} holds id {bad}, outside the vocabulary [0, {vocab_size})")
+    elif checked:
+        checkify.check(jnp.all((tokens >= 0) & (tokens < vocab_size)),
+                       f"{name} holds ids outside the vocabulary [0, {vocab_size})")
+
+
+def in_vocab(tokens, vocab_size: int):
+    """``(ids, valid)``: ``tokens`` with out-of-range ids replaced by 0, and where the ids were in range (jnp gathers
+    would clamp or wrap them: -1 would read id ``vocab_size - 1``)."""
+    valid = (tokens >= 0) & (tokens < vocab_size)
+    return jnp.where(valid, tokens, 0), valid
 
 
 def all_finite(tree: Any) -> bool:

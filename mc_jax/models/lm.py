@@ -20,7 +20,7 @@ from mc_jax.layers.block import Unit
 from mc_jax.layers.mlp import dense
 from mc_jax.layers.norms import RMSNorm
 from mc_jax.layers.pair_table import PairTableIO
-from mc_jax.models.checks import check_tokens
+from mc_jax.models.checks import check_tokens, in_vocab
 from mc_jax.parallel.rules import constrain, path_string
 from mc_jax.typing import Array, Float, Int
 
@@ -65,11 +65,17 @@ class LanguageModel(nnx.Module):
         return tuple(unit.init_cache(batch, max_len) for unit in self.units)
 
     def hidden(
-        self, tokens: Int[Array, "b t"], cache: Cache | None = None
+        self, tokens: Int[Array, "b t"], cache: Cache | None = None, *, checked: bool = False
     ) -> tuple[Float[Array, "b t d"], Cache | None]:
-        """Final-normed hidden states (and the updated cache when one is given)."""
-        check_tokens(tokens, self.config.input_vocab)
-        x = self.embed(tokens) if self.pairs is None else self.pairs.embed(tokens)
+        """Final-normed hidden states (and the updated cache when one is given).
+
+        Out-of-range ids are refused when ``tokens`` is concrete; under ``jit`` their embedding is NaN (never another
+        id's), and ``checked=True`` adds a ``checkify`` check (see :func:`~mc_jax.models.checks.check_tokens`).
+        """
+        check_tokens(tokens, self.config.input_vocab, checked=checked)
+        ids, valid = in_vocab(tokens, self.config.input_vocab)
+        x = self.embed(ids) if self.pairs is None else self.pairs.embed(ids)
+        x = jnp.where(valid[..., None], x, jnp.nan)
         x = constrain(x, ("batch", "seq", None))  # a no-op without a mesh
         x, cache = self._stack(x, cache)
         return self.norm(x), cache
@@ -100,12 +106,13 @@ class LanguageModel(nnx.Module):
         return x, None if cache is None else tuple(new)
 
     # ---- entry points ------------------------------------------------------------------------------------------
-    def __call__(self, tokens: Int[Array, "b t"]) -> Float[Array, "b t v"]:
-        return self.logits(self.hidden(tokens)[0])
+    def __call__(self, tokens: Int[Array, "b t"], *, checked: bool = False) -> Float[Array, "b t v"]:
+        return self.logits(self.hidden(tokens, checked=checked)[0])
 
-    def forward(self, tokens: Int[Array, "b t"], cache: Cache) -> tuple[Float[Array, "b t v"], Cache]:
+    def forward(self, tokens: Int[Array, "b t"], cache: Cache, *, checked: bool = False
+                ) -> tuple[Float[Array, "b t v"], Cache]:
         """Continue ``cache`` with ``tokens``: logits of every new token and the updated cache."""
-        h, cache = self.hidden(tokens, cache)
+        h, cache = self.hidden(tokens, cache, checked=checked)
         return self.logits(h), cache
 
 

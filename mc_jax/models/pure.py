@@ -19,9 +19,11 @@ from mc_jax.models.lm import Cache, LanguageModel, count_params
 from mc_jax.typing import Array, Float, Int, PyTree
 
 
-def apply(graphdef: nnx.GraphDef, state: PyTree, tokens: Int[Array, "b t"]) -> Float[Array, "b t v"]:
-    """Logits ``[B, T, V]`` (float32) of the model ``(graphdef, state)``."""
-    return nnx.merge(graphdef, state)(tokens)
+def apply(graphdef: nnx.GraphDef, state: PyTree, tokens: Int[Array, "b t"], *, checked: bool = False
+          ) -> Float[Array, "b t v"]:
+    """Logits ``[B, T, V]`` (float32) of the model ``(graphdef, state)``; ``checked``: checkify the token ids under
+    ``jit`` (``err, y = checkify.checkify(jax.jit(partial(apply, checked=True), static_argnums=0))(...)``)."""
+    return nnx.merge(graphdef, state)(tokens, checked=checked)
 
 
 @dataclass(frozen=True)
@@ -44,9 +46,9 @@ class PureModel:
     def merge(self, state: PyTree) -> LanguageModel:
         return nnx.merge(self.graphdef, state)
 
-    def apply(self, state: PyTree, tokens: Int[Array, "b t"]) -> Float[Array, "b t v"]:
-        """Logits ``[B, T, V]``."""
-        return apply(self.graphdef, state, tokens)
+    def apply(self, state: PyTree, tokens: Int[Array, "b t"], *, checked: bool = False) -> Float[Array, "b t v"]:
+        """Logits ``[B, T, V]`` (``checked``: see :func:`apply`)."""
+        return apply(self.graphdef, state, tokens, checked=checked)
 
     def forward(self, state: PyTree, tokens: Int[Array, "b t"], cache: Cache) -> tuple[Float[Array, "b t v"], Cache]:
         """Continue ``cache`` with ``tokens``: ``(logits [B, T, V], new cache)``."""

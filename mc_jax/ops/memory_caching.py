@@ -13,15 +13,16 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import checkify
 
 from mc_jax.ops import aggregation as agg
 from mc_jax.ops.cache import CacheConfig, MCCache, empty_cache, mc_stream
-from mc_jax.ops.memories import MemorySpec, complete_gates, get_memory, initial_state
+from mc_jax.ops.memories import MemorySpec, check_gate_values, complete_gates, get_memory, initial_state
 from mc_jax.ops.naive import naive_memory_caching
 from mc_jax.ops.segmentation import SEGMENTATIONS, cache_slots
 from mc_jax.ops.sequence import mc_sequence
 from mc_jax.ops.stages import XLA_STAGES, Stages
-from mc_jax.ops.utils import check_choice, check_positive, largest_divisor_at_most
+from mc_jax.ops.utils import ceil_div, check_choice, check_positive, largest_divisor_at_most
 from mc_jax.typing import Array, Float, PyTree
 
 _STATIC = ("spec", "aggregation", "segmentation", "segment_size", "top_k", "init", "pool", "chunk", "stages")
@@ -71,6 +72,19 @@ def resolve_chunk(spec: MemorySpec, segment_size: int, chunk_size: int | None) -
     return chunk_size
 
 
+def cap_segment_size(segment_size: int, length: int, chunk: int) -> int:
+    """The segment size the parallel form uses for a ``length``-token call: at most ``length`` rounded up to whole
+    inner chunks. A larger segment holds the whole sequence either way (no cached memory, one online segment), so
+    the outputs are the same, but it would pad every sequence to a whole segment (``segment_size=100000`` at
+    ``T=64`` cost 1000x more). The result is still a multiple of ``chunk`` (deep memories need it)."""
+    return min(segment_size, ceil_div(length, chunk) * chunk)
+
+
+def cache_token_capacity(capacity: int, segmentation: str, segment_size: int) -> int:
+    """Tokens a cache with ``capacity`` slots can take in total (the inverse of :func:`cache_slots`)."""
+    return capacity * segment_size if segmentation == "constant" else ((1 << capacity) - 1) * segment_size
+
+
 def _check_arrays(q, k, v, u) -> None:
     """``q, k, u [B, T, H, Dk]`` and ``v [B, T, H, Dv]``, floating, ``T >= 1``."""
     for name, x in (("q", q), ("k", k), ("v", v)) + ((("u", u),) if u is not None else ()):
@@ -103,8 +117,10 @@ def _check_settings(aggregation, segmentation, segment_size, top_k, init, pool, 
         raise ValueError(f"top_k is only used by aggregation='ssc'; drop it or use ssc (got aggregation={aggregation!r})")
 
 
-def _check_cache(cache: MCCache, expected: CacheConfig, params, shape: tuple[int, int, int, int]) -> None:
-    """A cache passed in must fit this call: same settings, no new params, same [B, H, Dk], room for the tokens."""
+def _check_cache(cache: MCCache, expected: CacheConfig, params, shape: tuple[int, int, int, int],
+                 checked: bool = False) -> None:
+    """A cache passed in must fit this call: same settings, no new params, same [B, H, Dk], room for the tokens
+    (concrete positions at once; traced ones with ``checked`` through ``checkify``)."""
     b, t, h, dk = shape
     if cache.config != expected:
         raise ValueError(f"the cache was built for (memory, segmentation, segment_size, init, pool, chunk) = "
@@ -115,12 +131,17 @@ def _check_cache(cache: MCCache, expected: CacheConfig, params, shape: tuple[int
     lead = jnp.shape(cache.slot_keys)[1:4]
     if lead != (b, h, dk):
         raise ValueError(f"the cache holds [B, H, Dk] = {lead}, but q has {(b, h, dk)}")
-    if not isinstance(cache.position, jax.core.Tracer):  # under jit the capacity is the caller's contract
+    if not isinstance(cache.position, jax.core.Tracer):  # under jit: checked=True and checkify
         needed = cache_slots(int(cache.position) + t, expected.segmentation, expected.segment_size)
         if needed > cache.capacity:
             raise ValueError(
                 f"the cache has {cache.capacity} slots but {int(cache.position) + t} tokens need {needed}; "
                 f"create it with init_cache(..., max_len=<total tokens>) and pass it to the first call")
+    elif checked:
+        room = cache_token_capacity(cache.capacity, expected.segmentation, expected.segment_size)
+        checkify.check(cache.position + t <= room, "cache overflow: {pos} + " + str(t) + f" tokens exceed the "
+                       f"cache's {room} tokens ({cache.capacity} slots); create it with "
+                       "init_cache(..., max_len=<total tokens>)", pos=cache.position)
 
 
 def memory_caching(
@@ -142,6 +163,7 @@ def memory_caching(
     impl: str = "auto",
     return_cache: bool = False,
     cache: MCCache | None = None,
+    checked: bool = False,
 ):
     """Memory Caching over a base recurrent memory (DESIGN.md section 3).
 
@@ -169,6 +191,16 @@ def memory_caching(
             :func:`register_planner`).
         return_cache: also return an :class:`MCCache` to continue from (decoding, or a second call).
         cache: continue from this cache (from ``return_cache=True`` or :func:`init_cache`).
+        checked: under ``jit`` (traced arrays), add ``jax.experimental.checkify`` checks of what eager calls check
+            at once: gates in their ranges (:data:`~mc_jax.ops.memories.GATE_RANGES`) and a cache with room for the
+            new tokens (a full cache would silently stop growing). Wrap the jitted function:
+            ``err, y = checkify.checkify(jax.jit(f))(...); err.throw()``. Without ``checkify`` a checked call under
+            ``jit`` fails to trace (JAX asks for the functionalisation).
+
+    Non-finite values are causal: a NaN or inf in ``k``, ``v``, ``q``, ``u`` or a gate at token ``p`` never reaches
+    the outputs of tokens before ``p`` (every form and kernel; later tokens that read it get NaN). A segment size
+    above the sequence length is capped at it (rounded up to whole inner chunks) in the parallel form: same outputs,
+    the cost of one segment of ``T`` tokens (:func:`cap_segment_size`).
 
     Returns:
         ``y [B, T, H, Dv]`` in the dtype of ``q``, or ``(y, cache)`` when ``return_cache`` is set.
@@ -181,7 +213,9 @@ def memory_caching(
     b, t, h, dk = q.shape
     dv = v.shape[-1]
     chunk = resolve_chunk(spec, segment_size, chunk_size)
+    given = set(gates or {})
     gates = complete_gates(spec, gates, (b, t, h))
+    check_gate_values({name: gates[name] for name in given}, checked=checked)
     kwargs = dict(aggregation=aggregation, segmentation=segmentation, segment_size=segment_size, top_k=top_k,
                   init=init, pool=pool)
     u_used = u if aggregation in agg.GATED else None
@@ -194,6 +228,7 @@ def memory_caching(
     stages = plan_stages(impl, spec, streaming=streaming, head_dim=max(dk, dv))
     if not streaming:
         state = initial_state(spec, params, b, h, dk, dv)
+        kwargs["segment_size"] = cap_segment_size(segment_size, t, chunk)
         return _sequence(q, k, v, u_used, gates, state, spec=spec, chunk=chunk, stages=stages, **kwargs).astype(q.dtype)
     config = CacheConfig(spec.name, segmentation, segment_size, init, pool, chunk)
     if cache is None:  # a fresh cache sized for this call; use init_cache to leave room for more tokens
@@ -201,7 +236,7 @@ def memory_caching(
         cache = empty_cache(spec, state, max_len=t, segmentation=segmentation, segment_size=segment_size,
                             init=init, pool=pool, chunk=chunk)
     else:
-        _check_cache(cache, config, params, (b, t, h, dk))
+        _check_cache(cache, config, params, (b, t, h, dk), checked)
     y, cache = _stream(q, k, v, u_used, gates, cache, spec=spec, chunk=chunk, stages=stages, **kwargs)
     y = y.astype(q.dtype)
     return (y, cache) if return_cache else y

@@ -46,6 +46,28 @@ def decay_matrix(log_gate: Float[Array, "... c"]) -> Float[Array, "... c c"]:
     return jnp.exp(segsum(log_gate))
 
 
+def taint(bad: Array) -> Array:
+    """Tokens at or after the first ``True`` of ``bad [..., c]`` in their chunk (``bad`` cumulated along the chunk).
+
+    The chunk forms contract over the tokens of a chunk with matmuls, where a structurally zero coefficient times a
+    non-finite entry is NaN (``0 * inf``, ``0 * nan``). They replace the inputs of tainted tokens by finite identity
+    values, compute, and set the outputs of tainted tokens to NaN (``jnp.where`` selects throughout), so a
+    non-finite input at token ``p`` never reaches the outputs of tokens before ``p`` (causality for any value).
+    """
+    return jnp.cumsum(bad.astype(jnp.int32), axis=-1) > 0
+
+
+def bad_rows(x: Array) -> Array:
+    """``[..., d] -> [...]``: rows holding a NaN or an infinity."""
+    return ~jnp.all(jnp.isfinite(x), axis=-1)
+
+
+def bad_log_gate(g: Array) -> Array:
+    """A log gate (``log_decay``, ``log(1 - alpha)``, ``log(eta)``) that is NaN or ``+inf``; ``-inf`` (a gate of
+    exactly zero, a full reset) is a valid value."""
+    return ~(g < jnp.inf)
+
+
 def pad_axis(x: Array, size: int, axis: int, value: float = 0.0) -> Array:
     """Pad ``x`` at the end of ``axis`` up to ``size`` with ``value``."""
     extra = size - x.shape[axis]

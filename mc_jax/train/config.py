@@ -13,6 +13,7 @@ the trainer can run. Cross-section checks (the task's vocabulary against the mod
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,17 +35,26 @@ DEFAULT_OUT_DIR = "runs/run"  # TrainConfig's default; load_run_config turns it 
 # The mesh may change too: a checkpoint restores onto any mesh shape (the math is the same up to float summation
 # order, so a resumed run on another mesh matches the uninterrupted one to float32 rounding, not bit for bit).
 RESUMABLE_CHANGES = (
-    "train.eval_every", "train.ckpt_every", "train.keep", "train.log_every", "train.out_dir", "train.baseline",
-    "mesh.data", "mesh.fsdp", "mesh.tensor",
+    "train.eval_every", "train.ckpt_every", "train.ckpt_minutes", "train.keep", "train.log_every", "train.out_dir",
+    "train.baseline", "mesh.data", "mesh.fsdp", "mesh.tensor",
 )
+# Model fields in which a run started with ``--init-from`` may differ from its checkpoint: the caching settings of
+# the mixer (and ``none`` <-> ``mc`` layers, i.e. adding caching to a model trained without it). Parameters present
+# in both models keep the checkpoint's values; new ones (e.g. the GRM router) start from their initialisation.
+INIT_FROM_CHANGES = (
+    "model.mixer.kind", "model.pattern", "model.mixer.aggregation", "model.mixer.segmentation",
+    "model.mixer.segment_size", "model.mixer.init", "model.mixer.top_k", "model.mixer.pool", "model.mixer.router_init",
+)
+CACHING_KINDS = ("none", "mc")  # the mixer kinds --init-from may swap
 
 
 def _positive(name: str, value: Any, *, integer: bool = True, zero_ok: bool = False) -> None:
     kinds = int if integer else (int, float)
-    bad = isinstance(value, bool) or not isinstance(value, kinds) or value < 0 or (value == 0 and not zero_ok)
+    bad = (isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value) or value < 0
+           or (value == 0 and not zero_ok))
     if bad:
         raise ValueError(f"{name} must be a {'non-negative' if zero_ok else 'positive'} "
-                         f"{'int' if integer else 'number'}; got {value!r}")
+                         f"{'int' if integer else 'finite number'}; got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -100,6 +110,7 @@ class TaskConfig:
             _positive(f"train.task.{name}", getattr(self, name))
         _positive("train.task.eval_seed", self.eval_seed, zero_ok=True)
         _positive("train.task.min_kv_pairs", self.min_kv_pairs, zero_ok=True)
+        _positive("train.task.power_a", self.power_a, integer=False, zero_ok=True)
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"train.task.val_fraction must be in (0, 1); got {self.val_fraction}")
         if not self.tokenizer:
@@ -171,6 +182,8 @@ class TrainConfig:
         b1, b2, eps: AdamW moments.
         eval_every: held-out evaluation every this many steps (and at the end); 0 = only at the end.
         ckpt_every: checkpoint every this many steps (and at the end); 0 = only at the end.
+        ckpt_minutes: also checkpoint when this many minutes have passed since the last checkpoint (0 = off);
+            SIGTERM / SIGINT save one at the next step boundary whatever these are.
         keep: checkpoints kept (the newest).
         log_every: metrics record every this many steps (the progress bar updates every step).
         out_dir: output root; runs go to ``<out_dir>/main`` (and one directory per baseline, see
@@ -194,6 +207,7 @@ class TrainConfig:
     eps: float = 1e-8
     eval_every: int = 400
     ckpt_every: int = 400
+    ckpt_minutes: float = 0.0
     keep: int = 2
     log_every: int = 10
     out_dir: str = DEFAULT_OUT_DIR
@@ -208,7 +222,7 @@ class TrainConfig:
             _positive(f"train.{name}", getattr(self, name), zero_ok=True)
         _positive("train.lr", self.lr, integer=False)
         _positive("train.eps", self.eps, integer=False)
-        for name in ("clip", "weight_decay"):
+        for name in ("clip", "weight_decay", "ckpt_minutes"):
             _positive(f"train.{name}", getattr(self, name), integer=False, zero_ok=True)
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError(f"train.min_lr_ratio must be in [0, 1]; got {self.min_lr_ratio}")
@@ -401,7 +415,8 @@ def describe_model(model: ModelConfig) -> str:
 
 
 __all__ = [
-    "BYTE_VOCAB", "DEFAULT_OUT_DIR", "DEFAULT_PRESET", "RECALL_TASKS", "RESUMABLE_CHANGES", "RunConfig", "TASKS",
-    "TaskConfig", "TrainConfig", "baseline_config", "baseline_configs", "baseline_run_name", "config_diff",
-    "config_from_dict", "config_to_dict", "describe_model", "flat_dict", "load_run_config",
+    "BYTE_VOCAB", "CACHING_KINDS", "DEFAULT_OUT_DIR", "DEFAULT_PRESET", "INIT_FROM_CHANGES", "RECALL_TASKS",
+    "RESUMABLE_CHANGES", "RunConfig", "TASKS", "TaskConfig", "TrainConfig", "baseline_config", "baseline_configs",
+    "baseline_run_name", "config_diff", "config_from_dict", "config_to_dict", "describe_model", "flat_dict",
+    "load_run_config",
 ]

@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from mc_jax.files import write_text_atomic
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -56,16 +58,22 @@ class MetricsLogger:
     TensorBoard when available.
 
     ``resume_step``: records after that step (written by a run killed after its last checkpoint) are dropped first,
-    atomically, so the file describes exactly the steps of the resumed run.
+    atomically, so the file describes exactly the steps of the resumed run; so are evaluation records at
+    ``final_step`` or later (the final evaluation, which the resumed run redoes: a kill between it and
+    ``final.json`` leaves no duplicate).
     """
 
-    def __init__(self, run_dir: str | os.PathLike[str], *, resume_step: int | None = None, tensorboard: bool = True):
+    def __init__(self, run_dir: str | os.PathLike[str], *, resume_step: int | None = None,
+                 final_step: int | None = None, tensorboard: bool = True):
         self.path = Path(run_dir) / METRICS_FILE
         if resume_step is not None and self.path.exists():
-            kept = [r for r in read_metrics(self.path) if int(r.get("step", 0)) <= resume_step]
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-            os.replace(tmp, self.path)
+            def keep(r: dict) -> bool:
+                step = int(r.get("step", 0))
+                redone = final_step is not None and r.get("split") == "eval" and step >= final_step
+                return step <= resume_step and not redone
+
+            kept = [r for r in read_metrics(self.path) if keep(r)]  # (also drops a torn last line)
+            write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         elif resume_step is None and self.path.exists():
             self.path.unlink()
         self._file: IO[str] = open(self.path, "a")

@@ -50,6 +50,7 @@ def test_resume_on_another_mesh_continues_the_run(mesh_run, tmp_path):
     resumed = tmp_path / "main"
     shutil.copytree(run_dir, resumed)
     shutil.rmtree(resumed / "checkpoints" / str(STEPS))  # back to the checkpoint of step 2
+    (resumed / "final.json").unlink()  # (a killed run: a finished one would be left as it is)
     config = loop_config("mesh.data=8", f"train.out_dir={tmp_path}")  # plain data parallel now
     result = train(config, resumed, resume=True, progress=False)
     assert result.resumed_from == 2 and sorted(result.losses) == [3, 4]

@@ -79,11 +79,11 @@ def test_corrupted_checkpoint_is_refused_and_left_alone(tmp_path):
     for f in (step_dir / "params").rglob("*"):
         if f.is_file() and f.stat().st_size > 0 and "metadata" not in f.name:
             f.write_bytes(b"garbage")
-    with pytest.raises(CheckpointError, match="corrupted or partial"):
+    with pytest.raises(CheckpointError, match="is damaged: file .* when saved|corrupted or partial"):
         Checkpointer(tmp_path, read_only=True).restore(5, params, opt)
     (step_dir / "meta" / "metadata").write_text("{not json")
     before = _snapshot(tmp_path)
-    with pytest.raises(CheckpointError, match="corrupted or partial"):
+    with pytest.raises(CheckpointError, match="is damaged: file .* when saved|corrupted or partial"):
         train(config, tmp_path, resume=True, progress=False)
     assert _snapshot(tmp_path) == before
 
@@ -110,8 +110,10 @@ def test_output_dir_holding_a_run_is_refused_unless_resume_or_overwrite(tmp_path
     with pytest.raises(RunDirError, match="already holds a run; pass --resume .* or --overwrite"):
         train(config, run, progress=False)
     assert _snapshot(run) == before
-    resumed = train(config, run, resume=True, progress=False)  # already finished: nothing to train
-    assert resumed.resumed_from == 4 and resumed.final_eval == first.final_eval
+    resumed = train(config, run, resume=True, progress=False)  # already finished: left as it is
+    assert resumed.already_finished and resumed.final_eval == first.final_eval
+    assert resumed.tokens_per_s == first.tokens_per_s and resumed.train_loss == first.train_loss
+    assert _snapshot(run) == before
     again = train(config, run, overwrite=True, progress=False)
     assert again.resumed_from is None and again.losses == first.losses
     other = tmp_path / "other"

@@ -29,7 +29,9 @@ from mc_jax.kernels._common import compiler_params, dot
 
 
 def _accumulate(acc, x, gamma, state):
-    return acc + gamma.astype(acc.dtype) * dot(x.astype(acc.dtype), state.astype(acc.dtype), acc.dtype)
+    # select, not multiply: a state with zero weight (not yet visible to these tokens) may hold NaN / inf
+    term = gamma.astype(acc.dtype) * dot(x.astype(acc.dtype), state.astype(acc.dtype), acc.dtype)
+    return acc + jnp.where(gamma != 0, term, 0.0)
 
 
 def _gpu_kernel(*refs, n_slots: int, sparse: bool):

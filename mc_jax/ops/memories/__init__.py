@@ -7,15 +7,50 @@ initialised, updated and read; the chunk forms are in :mod:`.linear` and :mod:`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import jax.numpy as jnp
+import numpy as np
+from jax.experimental import checkify
 
 from mc_jax.ops.memories.families import DEEP, FAMILIES, LINEAR, DeepFamily, LinearFamily
 from mc_jax.typing import Array, PyTree
 
 # Identity value of every gate: a padded token with these gates (and k = 0) leaves every state unchanged.
 IDENTITY_GATES = {"log_decay": 0.0, "beta": 0.0, "theta": 0.0, "alpha": 0.0, "eta": 1.0, "write": 0.0}
+
+# The range of every gate (inclusive): ``log_decay`` = log of a decay in [0, 1] (``-inf``: a full reset), ``beta``
+# the delta rule's write strength, ``theta`` the deep memory's inner learning rate (finite), ``alpha`` its
+# forgetting and ``eta`` the Titans momentum decay. Values outside (or NaN) are refused when the gates are concrete;
+# under ``jit`` pass ``checked=True`` to :func:`~mc_jax.ops.memory_caching` and wrap with ``checkify``.
+GATE_RANGES = {"log_decay": (-math.inf, 0.0), "beta": (0.0, 1.0), "theta": (0.0, math.inf), "alpha": (0.0, 1.0),
+               "eta": (0.0, 1.0)}
+
+
+def _gate_ok(name: str, g):
+    lo, hi = GATE_RANGES[name]
+    ok = (g >= lo) & (g <= hi)  # NaN fails both
+    return ok & jnp.isfinite(g) if name == "theta" else ok
+
+
+def check_gate_values(gates: dict[str, Array], *, checked: bool = False) -> None:
+    """Refuse gates outside :data:`GATE_RANGES`: a ``ValueError`` for concrete arrays; for traced ones (under
+    ``jit``) a ``checkify.check`` when ``checked`` (the caller wraps with ``jax.experimental.checkify.checkify``)."""
+    for name, g in gates.items():
+        if name not in GATE_RANGES:
+            continue
+        lo, hi = GATE_RANGES[name]
+        if not isinstance(g, jax.core.Tracer):
+            values = np.asarray(g)
+            bad = ~np.asarray(_gate_ok(name, values))
+            if bad.any():
+                first = values[bad].flat[0]
+                raise ValueError(f"gate {name!r} must lie in [{lo}, {hi}]{' (finite)' if name == 'theta' else ''}; "
+                                 f"{int(bad.sum())} of {values.size} values are outside, e.g. {first} (check the "
+                                 "layer's gate activation)")
+        elif checked:
+            checkify.check(jnp.all(_gate_ok(name, g)), f"gate {name!r} has values outside [{lo}, {hi}] (or NaN)")
 
 
 @dataclass(frozen=True)
@@ -103,8 +138,10 @@ def read_state(spec: MemorySpec, memory: PyTree, x: Array) -> Array:
 __all__ = [
     "DEEP",
     "FAMILIES",
+    "GATE_RANGES",
     "IDENTITY_GATES",
     "LINEAR",
+    "check_gate_values",
     "MEMORIES",
     "MemorySpec",
     "complete_gates",

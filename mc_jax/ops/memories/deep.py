@@ -17,6 +17,11 @@ with ``La[t, m] = prod_{m<j<=t} (1 - a_j)``, ``Le[m, i] = prod_{i<j<=m} e_j``, `
 The read-out uses the exact per-token weights without materialising them (dual form): for an input ``x_t`` to a
 layer, ``W_t x_t = alpha_t W_0 x_t + beta_t S_0 x_t - sum_i C[t, i] (a_i . x_t) d_i`` where ``(d_i, a_i)`` is the
 outer-product pair of ``G_i`` -- masked matmuls, like linear attention.
+
+Non-finite inputs stay causal (as in :mod:`~mc_jax.ops.memories.linear`): from the first token of a chunk with a
+non-finite ``k``, ``v``, ``theta``, ``alpha`` or ``eta`` (or one outside its range, e.g. ``alpha > 1``) on, the
+tokens are tainted: the chunk runs on finite identity values for them, their ``delta`` / ``eps`` rows are NaN (so
+the chunk-end weights are NaN) and the read gives NaN for them, never for the tokens before them.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from mc_jax.ops.memories.linear import from_chunks, to_chunks
-from mc_jax.ops.utils import decay_matrix, gelu_and_derivative, state_dtype
+from mc_jax.ops.utils import bad_log_gate, bad_rows, decay_matrix, gelu_and_derivative, state_dtype, taint
 from mc_jax.typing import Array, Float, PyTree
 
 
@@ -63,6 +68,30 @@ def _chunk_coefficients(log_keep, write, theta, log_eta, momentum: bool):
     return alpha, beta, coef, mom_decay
 
 
+def _untaint(kn, vn, th, lk, le):
+    """Tokens of one chunk ``[r h c]`` from the first non-finite input on (:func:`taint`) and the inputs with their
+    entries replaced by identity values (zero keys / values / step sizes / log gates), so no NaN enters a matmul."""
+    bad = bad_rows(kn) | bad_rows(vn) | ~jnp.isfinite(th) | bad_log_gate(lk)
+    if le is not None:
+        bad = bad | bad_log_gate(le)
+    tainted = taint(bad)
+    kn, vn = jnp.where(tainted[..., None], 0.0, kn), jnp.where(tainted[..., None], 0.0, vn)
+    th, lk = jnp.where(tainted, 0.0, th), jnp.where(tainted, 0.0, lk)
+    le = None if le is None else jnp.where(tainted, 0.0, le)
+    return tainted, kn, vn, th, lk, le
+
+
+def _gradient_factors(ref, kn, vn, loss: str):
+    """``(hid [r h c f], delta [r h c d], eps [r h c f])``: the per-token gradient of the inner loss at the chunk-start
+    weights ``ref`` is ``delta (x) hid`` for W1 and ``eps (x) k`` for W2 (outer products)."""
+    z = jnp.einsum("rhfd,rhcd->rhcf", ref["W2"], kn)
+    hid, dgelu = gelu_and_derivative(z)
+    m = kn + jnp.einsum("rhdf,rhcf->rhcd", ref["W1"], hid)
+    delta = -vn if loss == "dla" else 2.0 * (m - vn)
+    eps = jnp.einsum("rhdf,rhcd->rhcf", ref["W1"], delta) * dgelu
+    return hid, delta, eps
+
+
 def state_pass(
     k: Float[Array, "r t h d"],
     v: Float[Array, "r t h d"],
@@ -91,11 +120,9 @@ def state_pass(
     def step(carry, xs):
         w, s, ref = carry
         kn, vn, th, lk, wr, le, lv = xs
-        z = jnp.einsum("rhfd,rhcd->rhcf", ref["W2"], kn)
-        hid, dgelu = gelu_and_derivative(z)
-        m = kn + jnp.einsum("rhdf,rhcf->rhcd", ref["W1"], hid)
-        delta = -vn if loss == "dla" else 2.0 * (m - vn)
-        eps = jnp.einsum("rhdf,rhcd->rhcf", ref["W1"], delta) * dgelu
+        tainted, kn, vn, th, lk, le = _untaint(kn, vn, th, lk, le)
+        hid, delta, eps = _gradient_factors(ref, kn, vn, loss)
+        delta, eps = (jnp.where(tainted[..., None], jnp.nan, x) for x in (delta, eps))
         alpha, beta, coef, mom_decay = _chunk_coefficients(lk, wr, th, le, momentum)
 
         def outer_sum(c):  # sum_i c_i G_i for both layers
@@ -131,7 +158,13 @@ def state_pass(
 
 
 def apply_layer(layer: str, x: Float[Array, "r n h c i"], chunks: DeepChunks) -> Float[Array, "r n h c o"]:
-    """Apply the exact per-token weights of ``layer`` ("W1" or "W2") to per-token inputs ``x`` (dual form)."""
+    """Apply the exact per-token weights of ``layer`` ("W1" or "W2") to per-token inputs ``x`` (dual form).
+
+    Tokens whose gradient factors are NaN (tainted in :func:`state_pass`) get NaN outputs; their factors are replaced
+    by zeros inside the matmuls, so no other token reads them.
+    """
+    tainted = taint(bad_rows(chunks.delta))[..., None]  # r n h c 1
+    chunks = chunks._replace(delta=jnp.where(tainted, 0.0, chunks.delta), eps=jnp.where(tainted, 0.0, chunks.eps))
     if layer == "W2":
         base = jnp.einsum("rnhfd,rnhcd->rnhcf", chunks.weights["W2"], x)
         in_factor, out_factor = chunks.keys, chunks.eps
@@ -144,7 +177,7 @@ def apply_layer(layer: str, x: Float[Array, "r n h c i"], chunks: DeepChunks) ->
     if mom is not None:
         out = out + chunks.beta[..., None] * mom
     scores = jnp.einsum("rnhti,rnhsi->rnhts", x, in_factor) * chunks.coef
-    return out - jnp.einsum("rnhts,rnhso->rnhto", scores, out_factor)
+    return jnp.where(tainted, jnp.nan, out - jnp.einsum("rnhts,rnhso->rnhto", scores, out_factor))
 
 
 def read(q: Float[Array, "r t h d"], chunks: DeepChunks, chunk: int) -> Float[Array, "r t h d"]:

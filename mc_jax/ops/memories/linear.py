@@ -13,6 +13,11 @@ Then, for every chunk, with ``D`` masked causally (diagonal included):
     S_end = G_c S_0 + (K * G_c / G)^T U          (sequential pass over chunks: ``state_pass``)
     O     = (Q * G) S_0 + ((Q K^T) * D) U        (parallel over chunks: ``read``)
 Padding (``k = 0, b = 0, g = 0``) makes a token an identity step.
+
+Non-finite inputs stay causal: the tokens of a chunk from its first non-finite ``k``, ``v``, ``beta`` or
+``log_decay`` (NaN or ``+inf``) on are *tainted* (:func:`~mc_jax.ops.utils.taint`): the chunk form runs on finite
+identity values for them, their ``U`` rows are NaN (so the chunk-end state, which includes them, is NaN), and the
+read gives NaN for them; tokens before them never meet a ``0 * nan`` product in a matmul.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from mc_jax.ops.utils import decay_matrix, state_dtype, unit_lower_inverse
+from mc_jax.ops.utils import bad_log_gate, bad_rows, decay_matrix, state_dtype, taint, unit_lower_inverse
 from mc_jax.typing import Array, Float
 
 
@@ -53,20 +58,28 @@ def chunk_terms(k: Float[Array, "r t h dk"], v: Float[Array, "r t h dv"], gates:
     the whole chunk. The Pallas chunk-state kernel takes these as inputs.
     """
     kc, vc, g = _prepare(k, v, gates, chunk)
+    beta = None if "beta" not in gates else to_chunks(gates["beta"].astype(kc.dtype), chunk)  # r n h c
+    bad = bad_rows(kc) | bad_rows(vc) | bad_log_gate(g)
+    if beta is not None:
+        bad = bad | ~jnp.isfinite(beta)
+    tainted = taint(bad)  # r n h c
+    kc, vc, g = (jnp.where(tainted[..., None], 0.0, kc), jnp.where(tainted[..., None], 0.0, vc),
+                 jnp.where(tainted, 0.0, g))
+    poison = lambda x: jnp.where(tainted[..., None], jnp.nan, x)  # U rows of tainted tokens: NaN
     cum = jnp.cumsum(g, axis=-1)  # r n h c
     total = cum[..., -1]  # r n h
     # decay from token i to the chunk end, sum_{m > i} g_m, as a reverse cumsum (no -inf - -inf at a zero gate)
     after = jnp.concatenate([g[..., 1:], jnp.zeros_like(g[..., :1])], axis=-1)
     k_to_end = kc * jnp.exp(jnp.flip(jnp.cumsum(jnp.flip(after, -1), -1), -1))[..., None]
-    if "beta" not in gates:
-        return k_to_end, vc, None, total
-    beta = to_chunks(gates["beta"].astype(kc.dtype), chunk)  # r n h c
+    if beta is None:
+        return k_to_end, poison(vc), None, total
+    beta = jnp.where(tainted, 0.0, beta)
     kk = jnp.einsum("rnhid,rnhjd->rnhij", kc, kc)
     system = jnp.tril(beta[..., :, None] * kk * decay_matrix(g), -1) + jnp.eye(chunk, dtype=kc.dtype)
     inverse = unit_lower_inverse(system)  # exact; shared by both right-hand sides
     w = inverse @ ((beta * jnp.exp(cum))[..., None] * kc)
     u_hat = inverse @ (beta[..., None] * vc)
-    return k_to_end, u_hat, w, total
+    return k_to_end, poison(u_hat), w, total
 
 
 def scan_chunks(terms, state: Float[Array, "r h dk dv"]):
@@ -110,15 +123,20 @@ def read(
     u: Float[Array, "r n h c dv"],
     chunk: int,
 ) -> Float[Array, "r t h dv"]:
-    """Online read-out ``o_t = S_t^T q_t`` for every token, parallel over chunks."""
+    """Online read-out ``o_t = S_t^T q_t`` for every token, parallel over chunks (NaN for tainted tokens: a
+    non-finite ``k`` or ``log_decay`` here, or a NaN row of ``u`` from :func:`chunk_terms`)."""
     sd = state_dtype()
     qc = to_chunks(q.astype(sd), chunk)
     kc = to_chunks(k.astype(sd), chunk)
     g = to_chunks(gates["log_decay"].astype(sd), chunk)
+    tainted = taint(bad_rows(kc) | bad_log_gate(g) | bad_rows(u))
+    kc, g, u = (jnp.where(tainted[..., None], 0.0, kc), jnp.where(tainted, 0.0, g),
+                jnp.where(tainted[..., None], 0.0, u))
     decay = decay_matrix(g)
     inter = jnp.einsum("rnhcd,rnhdv->rnhcv", qc * jnp.exp(jnp.cumsum(g, -1))[..., None], chunk_states)
     scores = jnp.einsum("rnhid,rnhjd->rnhij", qc, kc) * decay
-    return from_chunks(inter + jnp.einsum("rnhij,rnhjv->rnhiv", scores, u))
+    out = inter + jnp.einsum("rnhij,rnhjv->rnhiv", scores, u)
+    return from_chunks(jnp.where(tainted[..., None], jnp.nan, out))
 
 
 def read_state(state: Float[Array, "... dk dv"], q: Float[Array, "... c dk"]) -> Float[Array, "... c dv"]:
