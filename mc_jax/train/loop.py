@@ -61,7 +61,6 @@ from mc_jax.train.checkpoint import (
     RUN_FILE,
     SET_ASIDE_SUBDIR,
     TOKENIZER_FILE,
-    CheckpointError,
     Checkpointer,
     CheckpointError,
     check_same_config,

@@ -17,7 +17,7 @@ from mc_jax.config import MixerConfig, ModelConfig
 from mc_jax.models import PureModel
 from mc_jax.ops import init_cache, memory_caching
 from mc_jax.ops.memories import GATE_RANGES, get_memory, initial_state
-from mc_jax.ops.parallel import mc_parallel
+from mc_jax.ops.sequence import mc_sequence
 from tests.helpers.op_inputs import make_inputs, mc_kwargs
 from tests.helpers.tolerances import assert_close
 
@@ -118,7 +118,7 @@ def test_huge_segment_costs_one_segment_and_gives_the_same_outputs(memory, segme
 
     state = initial_state(spec, inputs["params"], 1, 1, 4, 4)
     big = 256  # (the uncapped reference pads to a whole segment: keep it affordable)
-    uncapped = mc_parallel(inputs["q"], inputs["k"], inputs["v"], inputs["u"],
+    uncapped = mc_sequence(inputs["q"], inputs["k"], inputs["v"], inputs["u"],
                            complete_gates(spec, inputs["gates"], (1, 13, 1)), state, spec, aggregation="grm",
                            segmentation=segmentation, segment_size=big, top_k=None, init="independent",
                            pool="mean", chunk=4)
