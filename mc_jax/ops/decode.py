@@ -73,15 +73,21 @@ def _gather_top_k(slots: PyTree, gamma: Float[Array, "b h m"], logits, available
     """The ``top_k`` slots of every (batch, head) by logit, and their weights: ``(slots [b, h, k, ...], gamma)``."""
     masked = jnp.where(available, logits, -jnp.inf)
     _, idx = jax.lax.top_k(jax.lax.stop_gradient(masked), top_k)  # b h k: the slots agg.topk_mask keeps
-    take = lambda s: jnp.take_along_axis(s, idx.reshape(idx.shape + (1,) * (s.ndim - 3)), axis=2)
+    b, h, _ = logits.shape
+
+    def take(s):  # whole [..] slot rows of the flattened [b * h * M, ...] cache (contiguous, batch-major)
+        rows = (jnp.arange(b)[:, None, None] * h + jnp.arange(h)[None, :, None]) * s.shape[2] + idx
+        flat = s.reshape((-1,) + s.shape[3:])
+        return jnp.take(flat, rows.reshape(-1), axis=0, mode="clip").reshape(b, h, top_k, *s.shape[3:])
+
     return jax.tree.map(take, slots), jnp.take_along_axis(gamma, idx, axis=-1)
 
 
-def _cached_part(spec, aggregation, top_k, cache: MCCache, width: int, u, online_logit, q):
-    """``(gamma [b h m], gamma_on [b h], mix)`` over the first ``width`` slots of the cache."""
-    slots = cache.slots  # read in place: the loop of read_slots stops at ``width`` (a slice would be a copy)
-    available = jnp.broadcast_to(cache.slot_valid[:width], (q.shape[0], q.shape[2], width))
-    logits = None if u is None else jnp.einsum("bhd,bhmd->bhm", u, cache.slot_keys[:, :, :width])
+def _cached_part(spec, aggregation, top_k, slots, slot_keys, slot_valid, width: int, u, online_logit, q):
+    """``(gamma [b h m], gamma_on [b h], mix)`` over the first ``width`` slots (``slot_valid``: the readable ones)."""
+    # slots are read in place: the loop of read_slots stops at ``width`` (a slice would be a copy)
+    available = jnp.broadcast_to(slot_valid[:width], (q.shape[0], q.shape[2], width))
+    logits = None if u is None else jnp.einsum("bhd,bhmd->bhm", u, slot_keys[:, :, :width])
     gamma, gamma_on = agg.weights(aggregation, logits, online_logit, available, top_k)
     if aggregation == "ssc" and top_k < width:
         slots, gamma_read = _gather_top_k(slots, gamma, logits, available, top_k)
@@ -113,11 +119,18 @@ def mc_decode_step(q, k, v, u, gates, cache: MCCache, spec: MemorySpec, *, aggre
     online_pooled = agg.pool_keys(cache.key_sums[0] + k[:, 0], count, pool)
     online_logit = None if u is None else jnp.einsum("bhd,bhd->bh", u[:, 0], online_pooled)
 
+    # Append first, then read the appended cache with the old validity: a slot this token fills or clears is not
+    # one it reads (or is unchanged), and reading the updated buffer lets XLA update the slots in place (reading the
+    # old buffer inside the switch and then updating it made XLA copy the whole cache, every token).
+    xs = Chunk(q, k, v, u, gates, jnp.ones((1,), bool))
+    new = append_step(cache, xs, online, spec, stages, pass_valid=ends_chunk)
+
     def read(width: int):
         def branch(_):
             if width == 0:  # nothing cached yet: the online memory alone (gamma_on = 1 for every aggregation)
                 return y_online
-            gamma, gamma_on, mix = _cached_part(spec, aggregation, top_k, cache, width,
+            gamma, gamma_on, mix = _cached_part(spec, aggregation, top_k, new.slots, new.slot_keys, cache.slot_valid,
+                                                width,
                                                 None if u is None else u[:, 0], online_logit, q)
             return combine(spec, aggregation, q, gamma[:, None], gamma_on[:, None], y_online, online_layer, mix)
 
@@ -131,8 +144,7 @@ def mc_decode_step(q, k, v, u, gates, cache: MCCache, spec: MemorySpec, *, aggre
     else:
         y = read(cache.capacity)(None)
 
-    xs = Chunk(q, k, v, u, gates, jnp.ones((1,), bool))
-    return y, append_step(cache, xs, online, spec, stages, pass_valid=ends_chunk)
+    return y, new
 
 
 __all__ = ["mc_decode_step", "read_slots", "slot_buckets"]

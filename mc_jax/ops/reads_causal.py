@@ -84,8 +84,9 @@ def causal_read(spec: MemorySpec, what: str, stack: PyTree, gamma: Float[Array, 
     for start in range(0, t, block):
         stop = start + block
         n = max(1, (stop - 1) // size)  # the first segment sees nothing: one state, all masked
-        cut = lambda a: a[:, start:stop, :, :n]
-        ys.append(read(jax.tree.map(lambda s: s[:, :n], stack), cut(gamma), cut(available), x[:, start:stop]))
+        cut = lambda a, start=start, stop=stop, n=n: a[:, start:stop, :, :n]
+        states = jax.tree.map(lambda s, n=n: s[:, :n], stack)
+        ys.append(read(states, cut(gamma), cut(available), x[:, start:stop]))
     return jnp.concatenate(ys, axis=1)
 
 
