@@ -20,6 +20,10 @@ from mc_jax.ops.stages import Stages
 
 # The kernels ``impl="pallas"`` uses (linear memories, whole-sequence form).
 KERNELS = frozenset({"chunk_state", "cache_read_dense", "cache_read_sparse"})
+# Exact XLA algorithms ``impl="auto"`` uses on every backend (after any enabled kernel): reads that do no work for
+# states a token cannot see (mc_jax.ops.reads_causal). They apply by shape (``TABLE``'s ``applies``); fewer FLOPs
+# than the dense read whenever they apply. ``impl="xla"`` keeps the dense reference reads.
+ALGORITHMS = frozenset({"residual_prefix", "sparse_gather", "causal_read", "blocked_residual"})
 AUTO_KERNELS: dict[str, dict[str, int]] = {
     "cpu": {},
     "gpu": {"cache_read_sparse": 64},
@@ -40,7 +44,8 @@ def resolve_impl(impl: str, spec: MemorySpec, streaming: bool, head_dim: int = 0
     """The kernels a call uses (empty: all XLA).
 
     ``xla``: none. ``pallas``: every kernel (:data:`KERNELS`). ``auto``: the kernels measured faster on this backend
-    at this ``head_dim`` (``max(Dk, Dv)``; :data:`AUTO_KERNELS`; none on CPU). Deep memories and the streaming form
+    at this ``head_dim`` (``max(Dk, Dv)``; :data:`AUTO_KERNELS`; none on CPU) and the exact XLA algorithms
+    (:data:`ALGORITHMS`, whole-sequence form; each applies by shape). Deep memories and the streaming form
     have no kernel: ``pallas`` falls back to XLA there with a one-time warning, ``auto`` silently.
     """
     if impl == "xla":
@@ -49,7 +54,7 @@ def resolve_impl(impl: str, spec: MemorySpec, streaming: bool, head_dim: int = 0
         kernels = KERNELS
     else:
         table = AUTO_KERNELS.get(jax.default_backend(), {})
-        kernels = frozenset(name for name, max_dim in table.items() if head_dim <= max_dim)
+        kernels = frozenset(name for name, max_dim in table.items() if head_dim <= max_dim) | ALGORITHMS
     for_family = frozenset(name for name in kernels if spec.family in _entry(name).families)
     if kernels and not for_family:
         if impl == "pallas":

@@ -3,7 +3,8 @@
 A stage's implementation at trace time is the first *enabled* entry whose ``applies`` holds for the call (it gets
 the stage's arguments and decides on static facts: shapes, settings); the XLA entry always applies. Entries of ``state_pass`` take ``(spec, k, v, gates, state, chunk, valid)``;
 entries of ``read_dense`` ``(spec, what, stack, gamma, available, x, *, block, segment_size, aggregation, top_k)``;
-entries of ``read_blocked`` ``(spec, what, stacks, gamma, available, x)`` (see :class:`mc_jax.ops.stages.Stages`).
+entries of ``read_blocked`` ``(spec, what, stacks, gamma, available, x, *, aggregation)`` (see
+:class:`mc_jax.ops.stages.Stages`).
 
 To add an algorithm: write it as a pure function (math in ``mc_jax.ops``, a kernel in ``mc_jax.kernels``), add an
 :class:`Implementation` to the stage's tuple in :data:`TABLE` before the XLA entry, and enable it by name in
@@ -15,9 +16,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import jax
+
 from mc_jax.dispatch import tiling
 from mc_jax.kernels import cache_read, chunk_state
-from mc_jax.ops.memories import LINEAR
+from mc_jax.ops import reads_causal
+from mc_jax.ops.memories import DEEP, LINEAR
 from mc_jax.ops.stages import Stages, xla_read_blocked, xla_read_dense, xla_state_pass
 
 
@@ -84,6 +88,54 @@ def _dense_applies(spec, what, stack, gamma, available, x, **settings) -> bool:
     return what == "read"
 
 
+# --- exact XLA reads that skip what a token cannot see (mc_jax.ops.reads_causal; whole-sequence form only) -------
+
+
+def residual_prefix(spec, what, stack, gamma, available, x, *, block, segment_size, aggregation, top_k):
+    """Residual over linear memories: the exclusive prefix sum of the states, one read per token."""
+    return reads_causal.residual_prefix_read(stack, x, segment_size)
+
+
+def _residual_applies(spec, what, stack, gamma, available, x, *, block, segment_size, aggregation, top_k) -> bool:
+    return aggregation == "residual" and spec.family is LINEAR
+
+
+def sparse_gather(spec, what, stack, gamma, available, x, *, block, segment_size, aggregation, top_k):
+    """ssc: per query block gather the states its tokens selected (cost grows with ``top_k``, not ``N``)."""
+    return reads_causal.sparse_read(spec, what, stack, gamma, available, x, top_k=top_k,
+                                    block=tiling.sparse_xla_block(segment_size))
+
+
+def _sparse_gather_applies(spec, what, stack, gamma, available, x, *, block, segment_size, aggregation,
+                           top_k) -> bool:
+    return aggregation == "ssc" and tiling.sparse_xla_pays(segment_size, top_k, gamma.shape[-1])
+
+
+def causal_read(spec, what, stack, gamma, available, x, *, block, segment_size, aggregation, top_k):
+    """Only the (query block, state) pairs at or below the diagonal, with the read's hand-written VJP."""
+    return reads_causal.causal_read(spec, what, stack, gamma, available, x, size=segment_size,
+                                    block=_causal_block(stack, x, segment_size))
+
+
+def _causal_block(stack, x, segment_size: int) -> int:
+    width = max(max(leaf.shape[-2:]) for leaf in jax.tree.leaves(stack))
+    return tiling.causal_block(x.shape[1], segment_size, width)
+
+
+def _causal_applies(spec, what, stack, gamma, available, x, *, block, segment_size, aggregation, top_k) -> bool:
+    """Two or more query blocks: the blocks below the last skip the states they cannot see (fewer FLOPs)."""
+    return _causal_block(stack, x, segment_size) < x.shape[1]
+
+
+def blocked_residual(spec, what, stacks, gamma, available, x, *, aggregation):
+    """Residual over log segmentation's per-block slots of linear memories: one read per token."""
+    return reads_causal.residual_blocked_read(stacks, available, x)
+
+
+def _blocked_residual_applies(spec, what, stacks, gamma, available, x, *, aggregation) -> bool:
+    return aggregation == "residual" and spec.family is LINEAR
+
+
 XLA = "xla"
 TABLE: dict[str, tuple[Implementation, ...]] = {
     "state_pass": (
@@ -93,9 +145,13 @@ TABLE: dict[str, tuple[Implementation, ...]] = {
     "read_dense": (
         Implementation("cache_read_sparse", pallas_read_sparse, applies=_sparse_applies),
         Implementation("cache_read_dense", pallas_read_dense, applies=_dense_applies),
+        Implementation("residual_prefix", residual_prefix, applies=_residual_applies),
+        Implementation("sparse_gather", sparse_gather, families=(LINEAR, DEEP), applies=_sparse_gather_applies),
+        Implementation("causal_read", causal_read, families=(LINEAR, DEEP), applies=_causal_applies),
         Implementation(XLA, xla_read_dense, families=(), streaming=True),
     ),
     "read_blocked": (
+        Implementation("blocked_residual", blocked_residual, applies=_blocked_residual_applies),
         Implementation(XLA, xla_read_blocked, families=(), streaming=True),
     ),
 }

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from mc_jax.kernels.cache_read.config import default_block_q
 from mc_jax.kernels._common import resolve_strategy
+from mc_jax.ops.stages import READ_BUDGET
+from mc_jax.ops.utils import largest_divisor_at_most
 
 # Query rows per block of the top-k sparse read: a block of ``bq`` tokens reads at most ``bq * top_k`` states, and
 # the work is ``T * top_k`` reads whatever ``bq``, so small blocks (16 rows, the smallest matmul tile) make the
@@ -24,3 +26,34 @@ def sparse_block_q(segment_size: int) -> int:
 def sparse_pays(segment_size: int, top_k: int, n_slots: int) -> bool:
     """The sparse read reads fewer states than the dense one: ``bq * top_k < n_slots``."""
     return sparse_block_q(segment_size) * top_k < n_slots
+
+
+# --- the exact XLA reads of mc_jax.ops.reads_causal --------------------------------------------------------------
+# Query blocks of the causal read: about this many (the diagonal blocks waste ~1 / (2 * blocks) of the work), more
+# where a block would exceed the dense read's budget of live values, at most the max (one unrolled read each).
+CAUSAL_BLOCKS, CAUSAL_MAX_BLOCKS = 16, 64
+# Query rows per block of the XLA top-k gather (a block reads at most ``bq * top_k`` gathered states per token).
+SPARSE_XLA_BLOCK_CAP = 8
+
+
+def causal_block(length: int, segment_size: int, width: int) -> int:
+    """Query block of the causal read: whole segments dividing ``length``, :data:`CAUSAL_BLOCKS` blocks or more
+    (``block x N x width <= READ_BUDGET`` values per head), at most :data:`CAUSAL_MAX_BLOCKS`."""
+    n_blocks = length // segment_size
+    blocks = min(n_blocks, CAUSAL_BLOCKS)
+    while blocks < min(n_blocks, CAUSAL_MAX_BLOCKS) and (
+            n_blocks % blocks or (n_blocks // blocks) * segment_size * n_blocks * width > READ_BUDGET):
+        blocks += 1
+    while n_blocks % blocks:
+        blocks -= 1
+    return (n_blocks // blocks) * segment_size
+
+
+def sparse_xla_block(segment_size: int) -> int:
+    """Query rows per block of the XLA top-k gather: the largest divisor of the segment up to the cap."""
+    return largest_divisor_at_most(segment_size, SPARSE_XLA_BLOCK_CAP)
+
+
+def sparse_xla_pays(segment_size: int, top_k: int, n_states: int) -> bool:
+    """The gather reads ``bq * top_k`` states per token; the causal read about ``N / 2``: gather when fewer."""
+    return 2 * sparse_xla_block(segment_size) * top_k < n_states

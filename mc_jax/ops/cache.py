@@ -53,8 +53,9 @@ class MCCache:
         position: tokens consumed so far (int32 scalar; the same for every batch row).
         online: the online memory's full state, leaves ``[b, h, ...]``.
         initial: the initial state segments restart from, leaves ``[b, h, ...]``.
-        slots: cached memories (readable part: linear state or MLP weights), leaves ``[m, b, h, ...]``.
-        slot_keys: pooled keys of the cached memories ``[m, b, h, dk]``.
+        slots: cached memories (readable part: linear state or MLP weights), leaves ``[b, h, m, ...]``
+            (batch-major: a one-token read is then a batched matmul over ``(b, h)``, no transposed copy).
+        slot_keys: pooled keys of the cached memories ``[b, h, m, dk]``.
         slot_valid: which slots hold a memory ``[m]``.
         key_sums: key sums of the segment in progress at each level ``[levels, b, h, dk]`` (index 0: online).
         levels: log + independent only: in-progress memories of levels ``1..m-1``, leaves ``[m - 1, b, h, ...]``.
@@ -65,7 +66,7 @@ class MCCache:
     online: PyTree
     initial: PyTree
     slots: PyTree
-    slot_keys: Float[Array, "m b h dk"]
+    slot_keys: Float[Array, "b h m dk"]
     slot_valid: Bool[Array, " m"]
     key_sums: Float[Array, "l b h dk"]
     levels: PyTree | None
@@ -91,8 +92,8 @@ def empty_cache(spec: MemorySpec, init_state: PyTree, *, max_len: int, segmentat
         position=jnp.zeros((), jnp.int32),
         online=init_state,
         initial=init_state,
-        slots=jax.tree.map(lambda s: jnp.zeros((m,) + s.shape, s.dtype), readable),
-        slot_keys=jnp.zeros((m, b, h, dk), sd),
+        slots=jax.tree.map(lambda s: jnp.zeros(s.shape[:2] + (m,) + s.shape[2:], s.dtype), readable),
+        slot_keys=jnp.zeros((b, h, m, dk), sd),
         slot_valid=jnp.zeros((m,), bool),
         key_sums=jnp.zeros((m if segmentation == "log" else 1, b, h, dk), sd),
         levels=levels,
@@ -106,9 +107,13 @@ def _select(pred, a, b):
 
 
 def _set_slot(tree, index, value, pred):
-    """``tree[index] = value`` where ``pred`` (an out-of-range index is dropped: a full cache stops growing)."""
-    return jax.tree.map(lambda s, x: s.at[index].set(jnp.where(pred, x, s[jnp.minimum(index, s.shape[0] - 1)]),
-                                                      mode="drop"), tree, value)
+    """``tree[:, :, index] = value`` where ``pred`` (slot axis 2; an out-of-range index is dropped: a full cache
+    stops growing)."""
+    def put(s, x):
+        old = s[:, :, jnp.minimum(index, s.shape[2] - 1)]
+        return s.at[:, :, index].set(jnp.where(pred, x, old), mode="drop")
+
+    return jax.tree.map(put, tree, value)
 
 
 def _place(x: Array, offset, length: int, value: float = 0.0) -> Array:
@@ -152,23 +157,24 @@ def read_step(cache: MCCache, xs: Chunk, spec: MemorySpec, stages: Stages, *, ag
     online_pooled = agg.pool_keys(cache.key_sums[0][:, None] + jnp.cumsum(keys, axis=1), count, pool)
     us = xs.u
     online_logit = None if us is None else jnp.einsum("bchd,bchd->bch", us, online_pooled)
-    cached_logits = None if us is None else jnp.einsum("bchd,mbhd->bchm", us, cache.slot_keys)
+    cached_logits = None if us is None else jnp.einsum("bchd,bhmd->bchm", us, cache.slot_keys)
     available = jnp.broadcast_to(cache.slot_valid, (b, chunk, h, cache.capacity))
     gamma, gamma_on = agg.weights(aggregation, cached_logits, online_logit, available, top_k)
-    slots = jax.tree.map(lambda s: jnp.moveaxis(s, 0, 1), cache.slots)  # b m h ...
+    slots = jax.tree.map(lambda s: jnp.moveaxis(s, 2, 1), cache.slots)  # b m h ...
     mix = lambda what, x: stages.read_dense(spec, what, slots, gamma, available, x, block=chunk, segment_size=size,
                                             aggregation=aggregation, top_k=top_k)
     return combine(spec, aggregation, xs.q, gamma, gamma_on, y_online, online_layer, mix), online, keys
 
 
-def _advance_levels(levels: PyTree, xs: Chunk, spec: MemorySpec, stages: Stages) -> PyTree:
+def _advance_levels(levels: PyTree, xs: Chunk, spec: MemorySpec, stages: Stages, pass_valid=None) -> PyTree:
     """Log + independent: run the in-progress memories of levels ``1..m-1`` (leaves ``[m-1, b, h, ...]``) over the
-    chunk, batched as ``(m - 1) * b`` runs."""
+    chunk, batched as ``(m - 1) * b`` runs. ``pass_valid [b c h]``: the state pass's ``valid`` when it is not the
+    chunk's (the one-token decode step: whether the token ends an inner chunk)."""
     b, chunk, h = xs.q.shape[:3]
     n_lv = jax.tree.leaves(levels)[0].shape[0]
     runs = lambda x: jnp.broadcast_to(x[None], (n_lv,) + x.shape).reshape(n_lv * b, *x.shape[1:])
     flat = jax.tree.map(lambda s: s.reshape(n_lv * b, *s.shape[2:]), levels)
-    valid_bh = jnp.broadcast_to(xs.valid[None, :, None], (b, chunk, h))
+    valid_bh = jnp.broadcast_to(xs.valid[None, :, None], (b, chunk, h)) if pass_valid is None else pass_valid
     _, advanced = stages.state_pass(spec, runs(xs.k), runs(xs.v), {n: runs(g) for n, g in xs.gates.items()}, flat,
                                     chunk, runs(valid_bh))
     return jax.tree.map(lambda s: s.reshape(n_lv, b, *s.shape[1:]), advanced)
@@ -214,12 +220,16 @@ def _merge_log(cache: MCCache, block, online, key_sums, levels, done) -> _Merge:
 _MERGE = {"constant": _merge_constant, "log": _merge_log}
 
 
-def append_step(cache: MCCache, xs: Chunk, keys: Array, online: PyTree, spec: MemorySpec, stages: Stages) -> MCCache:
-    """The append stage of one chunk: position and key sums advance; a completed segment enters the cache."""
+def append_step(cache: MCCache, xs: Chunk, keys: Array, online: PyTree, spec: MemorySpec, stages: Stages,
+                pass_valid=None) -> MCCache:
+    """The append stage of one chunk: position and key sums advance; a completed segment enters the cache.
+
+    ``keys``: the chunk's masked keys (:func:`masked_keys`, shared with :func:`read_step`). ``pass_valid``: the level
+    memories' state-pass ``valid`` when it differs from the chunk's (see :func:`_advance_levels`)."""
     config = cache.config
     position = cache.position + jnp.sum(xs.valid).astype(jnp.int32)
     key_sums = cache.key_sums + keys.sum(1)[None]
-    levels = cache.levels if cache.levels is None else _advance_levels(cache.levels, xs, spec, stages)
+    levels = cache.levels if cache.levels is None else _advance_levels(cache.levels, xs, spec, stages, pass_valid)
     done = xs.valid[-1] & (position % config.segment_size == 0)  # this chunk ended with the segment's last token
     block = (position - 1) // config.segment_size
     merge = _MERGE[config.segmentation](cache, block, online, key_sums, levels, done)

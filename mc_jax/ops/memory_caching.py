@@ -17,6 +17,7 @@ from jax.experimental import checkify
 
 from mc_jax.ops import aggregation as agg
 from mc_jax.ops.cache import CacheConfig, MCCache, empty_cache, mc_stream
+from mc_jax.ops.decode import mc_decode_step
 from mc_jax.ops.memories import MemorySpec, check_gate_values, complete_gates, get_memory, initial_state
 from mc_jax.ops.naive import naive_memory_caching
 from mc_jax.ops.segmentation import SEGMENTATIONS, cache_slots
@@ -28,6 +29,7 @@ from mc_jax.typing import Array, Float, PyTree
 _STATIC = ("spec", "aggregation", "segmentation", "segment_size", "top_k", "init", "pool", "chunk", "stages")
 _sequence = jax.jit(mc_sequence, static_argnames=_STATIC)
 _stream = jax.jit(mc_stream, static_argnames=_STATIC)
+_decode = jax.jit(mc_decode_step, static_argnames=_STATIC)  # one token, no inner-chunk padding
 
 INITS = ("independent", "checkpoint")
 IMPLS = ("auto", "naive", "xla", "pallas")
@@ -128,7 +130,8 @@ def _check_cache(cache: MCCache, expected: CacheConfig, params, shape: tuple[int
     if params is not None:
         raise ValueError("params is the initial memory of a new sequence; a call that continues a cache "
                          "takes it from the cache (drop params)")
-    lead = jnp.shape(cache.slot_keys)[1:4]
+    keys_shape = jnp.shape(cache.slot_keys)  # b h m dk
+    lead = (keys_shape[0], keys_shape[1], keys_shape[3])
     if lead != (b, h, dk):
         raise ValueError(f"the cache holds [B, H, Dk] = {lead}, but q has {(b, h, dk)}")
     if not isinstance(cache.position, jax.core.Tracer):  # under jit: checked=True and checkify
@@ -189,7 +192,8 @@ def memory_caching(
             no kernel covers a configuration (deep memories, the streaming form) ``pallas`` falls back to XLA with a
             one-time warning. ``auto`` / ``pallas`` are resolved by :mod:`mc_jax.dispatch` (see
             :func:`register_planner`).
-        return_cache: also return an :class:`MCCache` to continue from (decoding, or a second call).
+        return_cache: also return an :class:`MCCache` to continue from (decoding, or a second call). A call with
+            one token and ``impl`` other than ``xla`` takes the decode step (:mod:`mc_jax.ops.decode`).
         cache: continue from this cache (from ``return_cache=True`` or :func:`init_cache`).
         checked: under ``jit`` (traced arrays), add ``jax.experimental.checkify`` checks of what eager calls check
             at once: gates in their ranges (:data:`~mc_jax.ops.memories.GATE_RANGES`) and a cache with room for the
@@ -237,7 +241,9 @@ def memory_caching(
                             init=init, pool=pool, chunk=chunk)
     else:
         _check_cache(cache, config, params, (b, t, h, dk), checked)
-    y, cache = _stream(q, k, v, u_used, gates, cache, spec=spec, chunk=chunk, stages=stages, **kwargs)
+    # one token under impl='auto' / 'pallas': the decode step (cost of one token and the filled slots; same results)
+    stream = _decode if t == 1 and impl != "xla" else _stream
+    y, cache = stream(q, k, v, u_used, gates, cache, spec=spec, chunk=chunk, stages=stages, **kwargs)
     y = y.astype(q.dtype)
     return (y, cache) if return_cache else y
 

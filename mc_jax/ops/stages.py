@@ -45,8 +45,9 @@ def xla_read_dense(spec: MemorySpec, what: str, stack: PyTree, gamma, available,
     return dense_mix(spec, what, stack, gamma, x, block, available)
 
 
-def xla_read_blocked(spec: MemorySpec, what: str, stacks: PyTree, gamma, available, x):
-    """Blocked read in XLA (:func:`mc_jax.ops.reads.blocked_mix`)."""
+def xla_read_blocked(spec: MemorySpec, what: str, stacks: PyTree, gamma, available, x, *, aggregation: str):
+    """Blocked read in XLA (:func:`mc_jax.ops.reads.blocked_mix`); ``aggregation`` is for other implementations."""
+    del aggregation
     return blocked_mix(spec, what, stacks, gamma, x, available)
 
 
@@ -55,7 +56,7 @@ class Stages(NamedTuple):
 
     ``state_pass(spec, k, v, gates, state, chunk, valid) -> (chunk_data, final)`` (:func:`xla_state_pass`);
     ``read_dense(spec, what, stack, gamma, available, x, *, block, segment_size, aggregation, top_k)``;
-    ``read_blocked(spec, what, stacks, gamma, available, x)``. :mod:`mc_jax.dispatch` builds these per call.
+    ``read_blocked(spec, what, stacks, gamma, available, x, *, aggregation)``. :mod:`mc_jax.dispatch` builds these per call.
     """
 
     state_pass: Callable = xla_state_pass
@@ -258,7 +259,8 @@ def cached_reader(stages: Stages, spec: MemorySpec, cached: Cached, gamma, *, si
                   top_k: int | None):
     """``mix(what, x) = sum_i gamma_i map_i(x)`` over the cached memories, through the layout's read stage."""
     if cached.layout == "blocked":
-        return lambda what, x: stages.read_blocked(spec, what, cached.memories, gamma, cached.available, x)
+        return lambda what, x: stages.read_blocked(spec, what, cached.memories, gamma, cached.available, x,
+                                                   aggregation=aggregation)
     block = dense_block(cached.memories, size, gamma.shape[-1])
     return lambda what, x: stages.read_dense(spec, what, cached.memories, gamma, cached.available, x, block=block,
                                              segment_size=size, aggregation=aggregation, top_k=top_k)

@@ -11,6 +11,7 @@ from tests.helpers.op_inputs import make_inputs, mc_kwargs
 from tests.helpers.tolerances import assert_close
 
 from mc_jax.dispatch import KERNELS, resolve_impl
+from mc_jax.dispatch.policy import ALGORITHMS
 from mc_jax.ops.memories import get_memory
 
 # (memory, aggregation, segmentation, init, segment_size): ssc with 2-token segments takes the sparse read (a block
@@ -42,7 +43,7 @@ def test_pallas_falls_back_to_xla_with_a_warning_for_deep_memories():
 
 def test_auto_uses_no_kernel_on_cpu_and_pallas_uses_all():
     linear, deep = get_memory("delta"), get_memory("titans")
-    assert resolve_impl("auto", linear, streaming=False) == frozenset()  # this suite runs on CPU
+    assert resolve_impl("auto", linear, streaming=False) == ALGORITHMS  # no kernel: this suite runs on CPU
     assert resolve_impl("xla", linear, streaming=False) == frozenset()
     assert resolve_impl("pallas", linear, streaming=False) == KERNELS
     with pytest.warns(UserWarning, match="streaming form"):
@@ -53,7 +54,7 @@ def test_auto_uses_no_kernel_on_cpu_and_pallas_uses_all():
 def test_auto_on_gpu_uses_the_sparse_read_only_up_to_the_measured_head_dim(monkeypatch):
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     linear = get_memory("gated_linear")
-    assert resolve_impl("auto", linear, streaming=False, head_dim=64) == {"cache_read_sparse"}
-    assert resolve_impl("auto", linear, streaming=False, head_dim=128) == frozenset()
+    assert resolve_impl("auto", linear, streaming=False, head_dim=64) == {"cache_read_sparse"} | ALGORITHMS
+    assert resolve_impl("auto", linear, streaming=False, head_dim=128) == ALGORITHMS
     monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
-    assert resolve_impl("auto", linear, streaming=False, head_dim=128) == KERNELS
+    assert resolve_impl("auto", linear, streaming=False, head_dim=128) == KERNELS | ALGORITHMS

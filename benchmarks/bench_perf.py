@@ -1,0 +1,182 @@
+"""Issue 15 in one command: today's op (the starting commit) against this checkout, training and decoding.
+
+    python -m benchmarks.bench_perf            # ~8-10 min on the 2-core CPU; table on stdout, JSON in results/
+    python -m benchmarks.bench_perf --quick    # smoke run (tiny shapes, ~1-2 min)
+
+1. **Forward and forward+backward**, ``memory_caching`` under ``jit`` (loss ``sum(y * ct)``, gradients of q, k, v,
+   u, gates), linear + grm / residual, both inits, T in {1024, 4096}, C in {64, 256}, B=2 H=4 D=64: the code of
+   ``--old-rev`` (default ``6815ae5``, extracted with ``git archive`` into a temporary folder and imported in its own
+   process; its CPU path is the dense XLA read) against this checkout with ``impl="auto"`` (the visible-state reads).
+   Median of ``--repeats`` after one warm-up, each version in a child process of its own.
+2. **Growth with T** (this checkout, forward+backward, B=1): residual, ssc (top_k=2) and grm at C=64 over
+   ``--growth-lengths``; the exponent is the log-log slope over the last two lengths.
+3. **Decoding** ms/token vs context (:mod:`benchmarks.bench_decode`): the one-token step, the chunked streaming
+   step it replaced, and a KV-cache attention step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = ROOT / "benchmarks" / "results" / "bench_perf.json"
+
+
+# --- worker: runs inside a child process with one version of mc_jax on sys.path -----------------------------------
+def _worker(code: Path, impl: str, configs: list[dict], repeats: int) -> None:
+    sys.path.insert(0, str(code))
+    import jax
+    import jax.numpy as jnp
+
+    import mc_jax  # noqa: F401  (the dispatch layer installs itself on import in this checkout)
+    from mc_jax.ops import memory_caching
+
+    assert Path(mc_jax.__file__).resolve().is_relative_to(code.resolve()), mc_jax.__file__
+
+    def timed(fn, args):
+        jax.block_until_ready(fn(*args))
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            times.append(time.perf_counter() - start)
+        return 1e3 * statistics.median(times)
+
+    for cfg in configs:
+        b, t, h, d = cfg["B"], cfg["T"], cfg["H"], cfg["D"]
+        keys = jax.random.split(jax.random.key(0), 5)
+        unit = lambda x: x / jnp.linalg.norm(x, axis=-1, keepdims=True)
+        q, k = (unit(jax.random.normal(key, (b, t, h, d))) for key in keys[:2])
+        v, u, ct = (jax.random.normal(key, (b, t, h, d)) for key in keys[2:])
+        kw = dict(memory="linear", aggregation=cfg["aggregation"], segment_size=cfg["C"], init=cfg["init"],
+                  top_k=2 if cfg["aggregation"] == "ssc" else None, impl=impl)
+        fwd = jax.jit(lambda q, k, v, u: memory_caching(q, k, v, u=u, **kw))
+        loss = lambda q, k, v, u: jnp.sum(memory_caching(q, k, v, u=u, **kw) * ct)
+        fwd_bwd = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3)))
+        row = dict(cfg, impl=impl, fwd_ms=timed(fwd, (q, k, v, u)), fwd_bwd_ms=timed(fwd_bwd, (q, k, v, u)))
+        print("ROW " + json.dumps(row), flush=True)
+
+
+def run_version(code: Path, impl: str, configs: list[dict], repeats: int, timeout: float) -> list[dict]:
+    cmd = [sys.executable, "-m", "benchmarks.bench_perf", "--worker", str(code), impl, json.dumps(configs),
+           str(repeats)]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
+    if proc.returncode:
+        raise RuntimeError(f"worker for {code} failed:\n{proc.stderr[-3000:]}")
+    return [json.loads(line[4:]) for line in proc.stdout.splitlines() if line.startswith("ROW ")]
+
+
+def extract(rev: str, into: Path) -> Path:
+    """``mc_jax`` of commit ``rev`` in ``into`` (``git archive``; the repository is not touched)."""
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "mc_jax"], capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    return into
+
+
+# --- the three parts --------------------------------------------------------------------------------------------
+def training_configs(args) -> list[dict]:
+    return [dict(B=args.batch, H=4, D=64, T=t, C=c, aggregation=a, init=i)
+            for t in args.lengths for c in args.segment_sizes for a in ("grm", "residual")
+            for i in ("independent", "checkpoint")]
+
+
+def growth_configs(args) -> list[dict]:
+    return [dict(B=1, H=4, D=64, T=t, C=64, aggregation=a, init="independent")
+            for a in ("residual", "ssc", "grm") for t in args.growth_lengths]
+
+
+def exponent(rows: list[dict], key: str) -> float | None:
+    pts = sorted((r["T"], r[key]) for r in rows)
+    if len(pts) < 2:
+        return None
+    (x0, y0), (x1, y1) = pts[-2], pts[-1]
+    return math.log(y1 / y0) / math.log(x1 / x0)
+
+
+def print_training(old: list[dict], new: list[dict]) -> None:
+    key = lambda r: (r["T"], r["C"], r["aggregation"], r["init"])
+    before = {key(r): r for r in old}
+    print("\n| T | C | agg | init | old fwd ms | new fwd ms | fwd x | old f+b ms | new f+b ms | f+b x | new bwd/fwd |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in new:
+        o = before.get(key(r))
+        if o is None:
+            continue
+        print(f"| {r['T']} | {r['C']} | {r['aggregation']} | {r['init']} | {o['fwd_ms']:.1f} | {r['fwd_ms']:.1f} | "
+              f"{o['fwd_ms'] / r['fwd_ms']:.2f} | {o['fwd_bwd_ms']:.1f} | {r['fwd_bwd_ms']:.1f} | "
+              f"{o['fwd_bwd_ms'] / r['fwd_bwd_ms']:.2f} | {(r['fwd_bwd_ms'] - r['fwd_ms']) / r['fwd_ms']:.2f} |")
+
+
+def print_growth(rows: list[dict]) -> dict:
+    out = {}
+    print("\n| agg | " + " | ".join(f"T={r['T']} f+b ms" for r in rows if r["aggregation"] == "residual") +
+          " | exponent |")
+    for agg in ("residual", "ssc", "grm"):
+        rs = [r for r in rows if r["aggregation"] == agg]
+        out[agg] = exponent(rs, "fwd_bwd_ms")
+        print(f"| {agg} | " + " | ".join(f"{r['fwd_bwd_ms']:.1f}" for r in rs) + f" | {out[agg]:.2f} |")
+    return out
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--old-rev", default="6815ae5")
+    p.add_argument("--lengths", nargs="+", type=int, default=[1024, 4096])
+    p.add_argument("--segment-sizes", nargs="+", type=int, default=[64, 256])
+    p.add_argument("--growth-lengths", nargs="+", type=int, default=[2048, 4096, 8192])
+    p.add_argument("--decode-contexts", nargs="+", type=int, default=[1024, 4096, 16384])
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--timeout", type=float, default=1200.0, help="seconds per child process")
+    p.add_argument("--skip-old", action="store_true", help="time this checkout only")
+    p.add_argument("--quick", action="store_true", help="smoke run: tiny shapes, one repeat")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.lengths, args.segment_sizes, args.growth_lengths = [256], [64], [256, 512]
+        args.decode_contexts, args.repeats, args.batch = [256, 512], 1, 1
+    return args
+
+
+def main(argv=None) -> int:
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        _worker(Path(sys.argv[2]), sys.argv[3], json.loads(sys.argv[4]), int(sys.argv[5]))
+        return 0
+    args = parse_args(argv)
+    started = time.perf_counter()
+    result = {"command": " ".join(sys.argv), "old_rev": args.old_rev}
+    configs = training_configs(args)
+    new = run_version(ROOT, "auto", configs, args.repeats, args.timeout)
+    old = []
+    if not args.skip_old:
+        with tempfile.TemporaryDirectory(prefix="mc_jax_old_") as tmp:
+            old = run_version(extract(args.old_rev, Path(tmp)), "xla", configs, args.repeats, args.timeout)
+    print_training(old, new)
+    growth = run_version(ROOT, "auto", growth_configs(args), args.repeats, args.timeout)
+    result.update(training_old=old, training_new=new, growth=growth, growth_exponents=print_growth(growth))
+
+    from benchmarks import bench_decode
+
+    decode_args = bench_decode.parse_args(["--contexts", *map(str, args.decode_contexts), "--steps",
+                                           "5" if args.quick else "20", "--out", str(args.out) + ".decode"])
+    decode_rows = bench_decode.run(decode_args)
+    bench_decode.print_table(decode_rows)
+    result.update(decode=decode_rows, wall_s=time.perf_counter() - started)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+    print(f"\nwrote {args.out} ({result['wall_s']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

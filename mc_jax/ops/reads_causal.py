@@ -1,0 +1,142 @@
+"""Reads of the cached memories that touch only what a token can see (whole-sequence form).
+
+:func:`mc_jax.ops.reads.dense_mix` reads every cached state for every token and zeroes the invisible ones. The reads
+here give the same result (a select drops what a token cannot see, so a non-finite invisible state never reaches it)
+and skip the work at the granularity of a query block:
+
+* :func:`causal_read` (constant segmentation) -- query block ``j`` reads only the states visible to its last token,
+  ``n_j = (end_j - 1) // C``: only the (query block, state) pairs at or below the diagonal, about half of the dense
+  read;
+* :func:`sparse_read` (``ssc``) -- per query block of ``bq`` tokens, gather the at most ``bq * top_k`` states its
+  tokens weight and read only those: ``T * bq * top_k`` state reads, whatever the number of segments ``N``;
+* :func:`residual_prefix_read` (``residual`` over linear memories, constant segmentation) -- ``sum_{i < c} q^T S_i
+  = q^T P_c`` with ``P`` the exclusive prefix sum of the stacked states: one read per token;
+  :func:`residual_blocked_read` the same over log segmentation's per-block slots;
+* :func:`weighted_read` -- the linear read ``y_c = sum_m gamma_cm S_m^T q_c`` with a hand-written VJP that reuses
+  the gamma-weighted cotangent (two matmuls backward, where autodiff of a checkpointed read needs three).
+
+Layouts as in :mod:`mc_jax.ops.reads`: a dense stack has leaves ``[b, n, h, ...]``, ``gamma`` / ``available`` are
+``[b, t, h, n]`` over the padded sequence (token ``t`` sees segments ``i < t // C``).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from mc_jax.ops.memories import LINEAR, MemorySpec
+from mc_jax.ops.reads import dense_mix
+from mc_jax.typing import Array, Bool, Float, PyTree
+
+
+# --- the linear read with its own VJP ---------------------------------------------------------------------------
+@jax.custom_vjp
+def weighted_read(q: Float[Array, "b h c k"], gamma: Float[Array, "b h c m"],
+                  states: Float[Array, "b h m k v"]) -> Float[Array, "b h c v"]:
+    """``y[c] = sum_m gamma[c, m] S_m^T q[c]``: one ``[c, k] x [k, m v]`` matmul, then the gamma-weighted sum.
+
+    A state with ``gamma = 0`` is dropped by a select, not multiplied by zero, so a non-finite state a token cannot
+    see never reaches it (forward or backward).
+    """
+    read = jnp.einsum("bhck,bhmkv->bhcmv", q, states)
+    return jnp.einsum("bhcmv,bhcm->bhcv", jnp.where((gamma != 0)[..., None], read, 0.0), gamma)
+
+
+def _weighted_read_fwd(q, gamma, states):
+    return weighted_read(q, gamma, states), (q, gamma, states)
+
+
+def _weighted_read_bwd(res, dy):
+    """``A = S dy`` ``[c, m, k]`` serves both ``dq = sum_m gamma A`` and ``dgamma = q . A``; ``dS = (gamma q)^T dy``.
+
+    ``dgamma`` is zeroed where ``gamma = 0`` (the select of the forward): such a weight is masked, or a softmax
+    output that underflowed, and in both cases its gradient never reaches the logits.
+    """
+    q, gamma, states = res
+    a = jnp.where((gamma != 0)[..., None], jnp.einsum("bhcv,bhmkv->bhcmk", dy, states), 0.0)
+    dq = jnp.einsum("bhcm,bhcmk->bhck", gamma, a)
+    dgamma = jnp.einsum("bhck,bhcmk->bhcm", q, a)
+    dstates = jnp.einsum("bhcm,bhck,bhcv->bhmkv", gamma, q, dy)
+    return dq, dgamma, dstates
+
+
+weighted_read.defvjp(_weighted_read_fwd, _weighted_read_bwd)
+
+
+def _read_block(spec: MemorySpec, what: str, stack: PyTree, gamma, available, x):
+    """``sum_m gamma[t, m] map_m(x_t)`` for one query block: ``stack`` leaves ``[b, m, h, ...]``, ``x [b, c, h, i]``."""
+    if spec.family is LINEAR:
+        heads_first = lambda a: jnp.moveaxis(a, 2, 1)  # b c h ... -> b h c ...
+        y = weighted_read(heads_first(x), heads_first(jnp.where(available, gamma, 0.0)), jnp.moveaxis(stack, 2, 1))
+        return jnp.moveaxis(y, 1, 2)
+    return dense_mix(spec, what, stack, gamma, x, x.shape[1], available)
+
+
+def causal_read(spec: MemorySpec, what: str, stack: PyTree, gamma: Float[Array, "b t h n"],
+                available: Bool[Array, "b t h n"], x: Float[Array, "b t h i"], *, size: int,
+                block: int) -> Float[Array, "b t h o"]:
+    """``sum_i gamma[t, i] map_i(x_t)`` where query block ``[s, s + block)`` reads only the states ``i < (s + block -
+    1) // size`` (``block`` a multiple of ``size`` dividing ``t``). Each block is checkpointed (one unrolled read per
+    block: the caller bounds the number of blocks)."""
+    t = x.shape[1]
+    ys = []
+    read = jax.checkpoint(lambda st, g, a, xb: _read_block(spec, what, st, g, a, xb))
+    for start in range(0, t, block):
+        stop = start + block
+        n = max(1, (stop - 1) // size)  # the first segment sees nothing: one state, all masked
+        cut = lambda a, start=start, stop=stop, n=n: a[:, start:stop, :, :n]
+        states = jax.tree.map(lambda s, n=n: s[:, :n], stack)
+        ys.append(read(states, cut(gamma), cut(available), x[:, start:stop]))
+    return jnp.concatenate(ys, axis=1)
+
+
+def sparse_read(spec: MemorySpec, what: str, stack: PyTree, gamma: Float[Array, "b t h n"],
+                available: Bool[Array, "b t h n"], x: Float[Array, "b t h i"], *, top_k: int,
+                block: int) -> Float[Array, "b t h o"]:
+    """ssc: per query block of ``block`` tokens, gather the ``min(N, block * top_k)`` states its tokens weight most
+    and read only those.
+
+    Every state some token of the block weights is gathered (each token keeps at most ``top_k``; ranked by the
+    block's largest weight), so the read is exact; the routing indices carry no gradient.
+    """
+    b, t, h = x.shape[:3]
+    n = gamma.shape[-1]
+    nq, cap = t // block, min(n, block * top_k)
+    stack_bh = jax.tree.map(lambda s: jnp.moveaxis(s, 1, 2), stack)  # b h n ...
+    blocks = lambda a: jnp.moveaxis(a.reshape(b, nq, block, *a.shape[2:]), 1, 0)
+
+    @jax.checkpoint
+    def one(args):
+        xb, gb, ab = args  # [b c h i], [b c h n], [b c h n]
+        gb = jnp.where(ab, gb, 0.0)
+        _, idx = jax.lax.top_k(jnp.abs(jax.lax.stop_gradient(gb)).max(1), cap)  # b h cap
+        take = lambda s: jnp.take_along_axis(s, idx.reshape(idx.shape + (1,) * (s.ndim - 3)), axis=2)
+        chosen = jax.tree.map(lambda s: jnp.moveaxis(take(s), 2, 1), stack_bh)  # b cap h ...
+        pick = lambda a: jnp.take_along_axis(a, idx[:, None], axis=-1)  # b c h cap
+        return _read_block(spec, what, chosen, pick(gb), pick(ab), xb)
+
+    ys = jax.lax.map(one, (blocks(x), blocks(gamma), blocks(available)))
+    return jnp.moveaxis(ys, 0, 1).reshape(b, t, h, ys.shape[-1])
+
+
+def residual_prefix_read(stack: Float[Array, "b n h dk dv"], q: Float[Array, "b t h dk"],
+                         size: int) -> Float[Array, "b t h dv"]:
+    """Residual aggregation over linear memories: ``y_t = q_t^T sum_{i < t // size} S_i``, one read per token."""
+    b, t, h, dk = q.shape
+    n = t // size
+    prefix = jnp.cumsum(stack[:, : n - 1], axis=1)  # exclusive prefix sum: P_c = sum_{i < c} S_i
+    prefix = jnp.concatenate([jnp.zeros_like(stack[:, :1]), prefix], axis=1)
+    qb = q.reshape(b, n, size, h, dk)
+    return jnp.einsum("bnchk,bnhkv->bnchv", qb, prefix).reshape(b, t, h, -1)
+
+
+def residual_blocked_read(stacks: Float[Array, "b nb m h dk dv"], available: Bool[Array, "b t h m"],
+                          q: Float[Array, "b t h dk"]) -> Float[Array, "b t h dv"]:
+    """Residual over per-block stacks (log segmentation, linear memories): sum each block's present slots (a select:
+    absent slots never reach the sum), then one read per token."""
+    b, t, h, dk = q.shape
+    nb, m = stacks.shape[1], stacks.shape[2]
+    present = available.reshape(b, nb, t // nb, h, m)[:, :, 0]  # b nb h m (the same for every token of a block)
+    present = jnp.moveaxis(present, 3, 2)[..., None, None]  # b nb m h 1 1
+    summed = jnp.sum(jnp.where(present, stacks, 0.0), axis=2)
+    return jnp.einsum("bnchk,bnhkv->bnchv", q.reshape(b, nb, t // nb, h, dk), summed).reshape(b, t, h, -1)
