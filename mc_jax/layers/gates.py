@@ -4,15 +4,27 @@ Each gate is ``activation(x W + b)`` per token and head, computed in float32. Th
 initialisation (the weights start small), e.g. a decay of about 0.95 and a small forgetting rate.
 
     gate        range      activation      initial value
-    log_decay   (-inf, 0]  -softplus       log 0.953  (gated_linear; optional for delta)
+    log_decay   (-inf, 0]  -softplus       log 0.953  (gated_linear; optional for delta, swla)
     beta        (0, 1)     sigmoid         0.5        (delta write strength)
     theta       (0, 1)     sigmoid         0.12       (deep memory learning rate)
     alpha       (0, 1)     sigmoid         0.0067     (deep memory forgetting)
     eta         (0, 1)     sigmoid         0.88       (Titans momentum decay)
+    beta_prev   (0, 1)     sigmoid         0.5        (swla: weight of the previous token's pair, b_t)
+    lam         (0, 1)     sigmoid         0.5        (swla: weight of the current token's pair, l_t)
+
+Per-memory initial values (:data:`MEMORY_BIAS`) override the table. Titans' ``theta`` starts at 0.0142: with
+momentum the inner optimiser's steady step is ``theta / (1 - eta)``, and the table's 0.12 with ``eta = 0.88`` gave
+1.0, above the stability limit of gradient descent on ``|M(k) - v|^2`` (the curvature in ``W1`` alone is
+``2 |gelu(W2 k)|^2 ~ E / 2`` at initialisation): the memory's weights grew geometrically along a sequence and the
+uncached Titans layer of the default preset was non-finite at step 1 (issue 16; the per-token recurrence diverged
+too, so no chunk form could help). 0.0142 = 0.12 (1 - 0.88) gives Titans DLA's effective step; measured on the
+default preset's uncached layer (3 initialisations x 4 batches x 64 sequences): theta_0 = 0.12 / 0.06 / 0.03 /
+0.0144 left 768 / 542 / 3 / 0 sequences non-finite (tests/models/test_init_finite.py is the regression test).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -40,13 +52,32 @@ GATES: dict[str, GateSpec] = {
     "theta": GateSpec(jax.nn.sigmoid, -2.0),
     "alpha": GateSpec(jax.nn.sigmoid, -5.0),
     "eta": GateSpec(jax.nn.sigmoid, 2.0),
+    "beta_prev": GateSpec(jax.nn.sigmoid, 0.0),
+    "lam": GateSpec(jax.nn.sigmoid, 0.0),
+}
+
+
+def _sigmoid(z: float) -> float:
+    return 1.0 / (1.0 + math.exp(-z))
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1.0 - p))
+
+
+# memory -> {gate: initial bias} where a memory needs other initial values than the table (see the docstring):
+# Titans' theta_0 = DLA's theta_0 * (1 - eta_0), so that theta_0 / (1 - eta_0) is DLA's step
+MEMORY_BIAS: dict[str, dict[str, float]] = {
+    "titans": {"theta": _logit(_sigmoid(GATES["theta"].bias) * (1.0 - _sigmoid(GATES["eta"].bias)))},
 }
 
 
 class Gates(nnx.Module):
-    """All gates of a memory from one float32 projection ``d -> len(names) * heads`` (with bias)."""
+    """All gates of a memory from one float32 projection ``d -> len(names) * heads`` (with bias); ``memory`` picks
+    its initial values from :data:`MEMORY_BIAS`."""
 
-    def __init__(self, d: int, heads: int, names: tuple[str, ...], *, rngs: nnx.Rngs, std: float, param_dtype):
+    def __init__(self, d: int, heads: int, names: tuple[str, ...], *, rngs: nnx.Rngs, std: float, param_dtype,
+                 memory: str = ""):
         unknown = [n for n in names if n not in GATES]
         if unknown:
             raise ValueError(f"no gate parametrisation for {unknown}; known: {sorted(GATES)}")
@@ -55,7 +86,8 @@ class Gates(nnx.Module):
         self.proj = dense(d, len(names) * heads, rngs=rngs, std=std, dtype=jnp.float32, param_dtype=param_dtype,
                           bias=True) if names else None
         if names:
-            bias = jnp.repeat(jnp.asarray([GATES[n].bias for n in names], param_dtype), heads)
+            override = MEMORY_BIAS.get(memory, {})
+            bias = jnp.repeat(jnp.asarray([override.get(n, GATES[n].bias) for n in names], param_dtype), heads)
             self.proj.bias[...] = bias
 
     def __call__(self, x: Float[Array, "b t d"]) -> dict[str, Float[Array, "b t h"]]:

@@ -199,8 +199,8 @@ def mc_stream(q, k, v, u, gates, cache: MCCache, spec: MemorySpec, *, aggregatio
             restart = jnp.arange(key_sums.shape[0]) <= slot
             key_sums_done = jnp.where(restart[:, None, None, None], 0.0, key_sums)
             if levels is not None:
-                restart_lv = restart[1:].reshape((-1,) + (1,) * (jax.tree.leaves(levels)[0].ndim - 1))
-                levels = _select(done & restart_lv, jax.tree.map(lambda s: s[None], cache.initial), levels)
+                per_leaf = lambda lv: (done & restart[1:]).reshape((-1,) + (1,) * (lv.ndim - 1))  # leaves differ (swla)
+                levels = jax.tree.map(lambda s, lv: jnp.where(per_leaf(lv), s[None], lv), cache.initial, levels)
         group_size = size if segmentation == "constant" else size << slot
         level_keys = key_sums[jnp.minimum(slot, key_sums.shape[0] - 1)] if segmentation == "log" else key_sums[0]
         slot_valid = cache.slot_valid

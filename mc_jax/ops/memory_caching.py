@@ -75,8 +75,8 @@ def resolve_impl(impl: str, spec: MemorySpec, streaming: bool, head_dim: int = 0
     """The Pallas kernels a call uses (empty: all XLA).
 
     ``xla``: none. ``pallas``: every kernel (:data:`KERNELS`). ``auto``: the kernels measured faster on this backend
-    at this ``head_dim`` (``max(Dk, Dv)``; :data:`AUTO_KERNELS`; none on CPU). Deep memories and the streaming form
-    have no kernel: ``pallas`` falls back to XLA there with a one-time warning, ``auto`` silently.
+    at this ``head_dim`` (``max(Dk, Dv)``; :data:`AUTO_KERNELS`; none on CPU). Deep memories, swla and the streaming
+    form have no kernel: ``pallas`` falls back to XLA there with a one-time warning, ``auto`` silently.
     """
     if impl == "xla":
         return frozenset()
@@ -85,9 +85,9 @@ def resolve_impl(impl: str, spec: MemorySpec, streaming: bool, head_dim: int = 0
     else:
         table = AUTO_KERNELS.get(jax.default_backend(), {})
         kernels = frozenset(name for name, max_dim in table.items() if head_dim <= max_dim)
-    if kernels and spec.family == "deep":
+    if kernels and (spec.family == "deep" or spec.window != 1):
         if impl == "pallas":
-            _warn_fallback(f"no kernel for deep memory {spec.name!r}")
+            _warn_fallback(f"no kernel for {'deep ' if spec.family == 'deep' else ''}memory {spec.name!r}")
         return frozenset()
     if kernels and streaming:
         if impl == "pallas":
@@ -138,7 +138,7 @@ def memory_caching(
         q, k: queries and keys ``[B, T, H, Dk]``; no scaling or normalisation is applied here.
         v: values ``[B, T, H, Dv]``.
         u: gate / router queries ``[B, T, H, Dk]``; required by ``grm``, ``soup`` and ``ssc``.
-        memory: ``linear``, ``gated_linear``, ``delta``, ``dla`` or ``titans``.
+        memory: ``linear``, ``gated_linear``, ``delta``, ``swla``, ``dla`` or ``titans``.
         aggregation: ``residual``, ``grm``, ``soup`` or ``ssc``.
         segmentation: ``constant`` (segments of ``segment_size``) or ``log`` (Fenwick groups of blocks).
         segment_size: tokens per segment (``constant``) or per smallest block (``log``).
@@ -146,14 +146,15 @@ def memory_caching(
         init: ``independent`` (every segment starts from the initial state) or ``checkpoint`` (continues).
         pool: ``mean`` or ``sum`` of a segment's keys for the gate / router logits.
         gates: per-token ``[B, T, H]`` gates: ``log_decay`` (gated_linear; optional for delta), ``beta`` (delta),
-            ``theta``, ``alpha`` (optional), ``eta`` (titans) for deep memories.
+            ``beta_prev``, ``lam`` (swla; ``log_decay`` optional), ``theta``, ``alpha`` (optional), ``eta`` (titans)
+            for deep memories.
         params: initial memory: linear ``[B, H, Dk, Dv]`` / ``[H, Dk, Dv]`` or None (zeros); deep (required)
             ``{"W1": [H, D, E*D], "W2": [H, E*D, D]}``, optionally with a leading batch axis.
         chunk_size: inner chunk size; must divide ``segment_size`` for deep memories (default: a divisor <= 16).
         impl: ``xla`` (chunk-wise XLA), ``pallas`` (Pallas kernels for the state pass and the cached read of linear
             memories; interpret mode on CPU), ``auto`` (per backend, the kernels measured faster than XLA: see
             :data:`AUTO_KERNELS`; XLA on CPU) or ``naive`` (the per-token definition; slow). Where no kernel covers
-            a configuration (deep memories, the streaming form) ``pallas`` falls back to XLA with a one-time warning.
+            a configuration (deep memories, swla, the streaming form) ``pallas`` falls back to XLA with a one-time warning.
         return_cache: also return an :class:`MCCache` to continue from (decoding, or a second call).
         cache: continue from this cache (from ``return_cache=True`` or :func:`init_cache`).
 

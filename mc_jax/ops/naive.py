@@ -25,6 +25,12 @@ def _deep_loss(loss: str):
 
 def memory_step(spec: MemorySpec, state: PyTree, k: Array, v: Array, gates: dict[str, Array], chunk_start: bool):
     """One token of the base memory; ``k [b, h, dk]``, ``v [b, h, dv]``, gates ``[b, h]``."""
+    if spec.window == 2:  # SWLA: M_t = a_t M_{t-1} + b_t k_{t-1} v_{t-1}^T + l_t k_t v_t^T
+        outer = lambda x, y: jnp.einsum("bhk,bhv->bhkv", x, y)
+        matrix = (jnp.exp(gates["log_decay"])[..., None, None] * state["S"]
+                  + gates["beta_prev"][..., None, None] * outer(state["k_prev"], state["v_prev"])
+                  + gates["lam"][..., None, None] * outer(k, v))
+        return {"S": matrix, "k_prev": k, "v_prev": v}
     if spec.family == "linear":
         decay = jnp.exp(gates["log_decay"])[..., None, None]
         if "beta" in gates:

@@ -11,12 +11,13 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
-from mc_jax.ops.memories import deep, linear
+from mc_jax.ops.memories import deep, linear, swla
 from mc_jax.ops.utils import state_dtype
 from mc_jax.typing import Array, PyTree
 
 # Identity value of every gate: a padded token with these gates (and k = 0) leaves every state unchanged.
-IDENTITY_GATES = {"log_decay": 0.0, "beta": 0.0, "theta": 0.0, "alpha": 0.0, "eta": 1.0, "write": 0.0}
+IDENTITY_GATES = {"log_decay": 0.0, "beta": 0.0, "theta": 0.0, "alpha": 0.0, "eta": 1.0, "write": 0.0,
+                  "beta_prev": 0.0, "lam": 0.0}
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class MemorySpec:
     optional_gates: tuple[str, ...]  # default to their identity value
     loss: str | None = None  # deep memories: "dla" | "titans"
     momentum: bool = False
+    window: int = 1  # tokens a write covers: 2 for SWLA (state: matrix + the previous token, memories/swla.py)
 
     @property
     def gate_names(self) -> tuple[str, ...]:
@@ -37,6 +39,7 @@ MEMORIES: dict[str, MemorySpec] = {
     "linear": MemorySpec("linear", "linear", (), ()),
     "gated_linear": MemorySpec("gated_linear", "linear", ("log_decay",), ()),
     "delta": MemorySpec("delta", "linear", ("beta",), ("log_decay",)),
+    "swla": MemorySpec("swla", "linear", ("beta_prev", "lam"), ("log_decay",), window=2),
     "dla": MemorySpec("dla", "deep", ("theta",), ("alpha",), loss="dla"),
     "titans": MemorySpec("titans", "deep", ("theta", "eta"), ("alpha",), loss="titans", momentum=True),
 }
@@ -52,7 +55,7 @@ def complete_gates(spec: MemorySpec, gates: dict[str, Array] | None, shape: tupl
     """Check the user's gates against ``spec`` and fill the optional ones with their identity value.
 
     The result always holds ``log_decay`` for linear memories (zeros for ``linear``), ``beta`` only for ``delta``,
-    and ``theta``, ``alpha``, ``write`` (and ``eta`` for Titans) for deep memories.
+    ``beta_prev`` and ``lam`` for ``swla``, and ``theta``, ``alpha``, ``write`` (and ``eta`` for Titans) for deep memories.
     """
     gates = dict(gates or {})
     unknown = set(gates) - set(spec.gate_names)
@@ -79,14 +82,16 @@ def initial_state(spec: MemorySpec, params: PyTree | None, batch: int, heads: in
     sd = state_dtype()
     if spec.family == "linear":
         if params is None:
-            return jnp.zeros((batch, heads, dk, dv), sd)
+            matrix = jnp.zeros((batch, heads, dk, dv), sd)
+            return swla.initial_state(matrix) if spec.window == 2 else matrix
         params = jnp.asarray(params)
         if params.shape not in ((heads, dk, dv), (batch, heads, dk, dv)):
             raise ValueError(
                 f"params for memory {spec.name!r} is the initial state [B, H, Dk, Dv] = {(batch, heads, dk, dv)} "
                 f"(or [H, Dk, Dv]); got shape {params.shape}"
             )
-        return jnp.broadcast_to(params, (batch, heads, dk, dv)).astype(sd)
+        matrix = jnp.broadcast_to(params, (batch, heads, dk, dv)).astype(sd)
+        return swla.initial_state(matrix) if spec.window == 2 else matrix
     if params is None:
         raise ValueError(
             f"memory {spec.name!r} needs params: the initial MLP weights {{'W1': [H, D, E*D], 'W2': [H, E*D, D]}} "
@@ -120,6 +125,8 @@ def state_pass(spec: MemorySpec, k, v, gates, state, chunk: int, valid):
 
     Returns ``(chunk_data, final_state)``; ``chunk_data`` is whatever :func:`read_online` needs.
     """
+    if spec.window == 2:
+        return swla.state_pass(k, v, gates, state, chunk, valid)
     if spec.family == "linear":
         starts, u, final = linear.state_pass(k, v, gates, state, chunk, valid)
         return (starts, u), final
@@ -128,6 +135,8 @@ def state_pass(spec: MemorySpec, k, v, gates, state, chunk: int, valid):
 
 def read_online(spec: MemorySpec, q, k, gates, chunk_data, chunk: int):
     """Online read-out of every token of a :func:`state_pass`, ``[r, t, h, dv]``."""
+    if spec.window == 2:
+        return swla.read(q, k, gates, chunk_data, chunk)
     if spec.family == "linear":
         return linear.read(q, k, gates, chunk_data[0], chunk_data[1], chunk)
     return deep.read(q, chunk_data, chunk)
@@ -135,6 +144,8 @@ def read_online(spec: MemorySpec, q, k, gates, chunk_data, chunk: int):
 
 def readable(spec: MemorySpec, state: PyTree) -> PyTree:
     """The part of a state that a read uses (linear: the matrix; deep: the weights)."""
+    if spec.window == 2:
+        return state["S"]
     return state if spec.family == "linear" else state["weights"]
 
 
