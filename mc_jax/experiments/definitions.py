@@ -64,8 +64,8 @@ def e1(quick: bool) -> Plan:
                 continue
             models.append(Job("e1", f"kv{kv}-{name}", None, base + _kv(kv) + ov, 0, evaluate="stacked"))
     return Plan(models, (0,) if quick else (0, 1, 2), (3e-3,) if quick else LRS,
-                notes=["stacked MQAR (configs/train_tiny_mqar.py: 1 layer, d_model 32, 1 head, C = 8), "
-                       "lr per model from {1e-3, 3e-3, 1e-2} on seed 100 (Zoology protocol)"])
+                notes=[("stacked MQAR (configs/train_tiny_mqar.py: 1 layer, d_model 32, 1 head, C = 8), "
+                        "lr per model from {1e-3, 3e-3, 1e-2} on seed 100 (Zoology protocol)")])
 
 
 # ---- E2: token MQAR, full block ----------------------------------------------------------------------------------------
@@ -97,9 +97,9 @@ def e3(quick: bool) -> Plan:
         after.append(Job("e3", f"{needle}-posttrain", "tiny", common + ("model.mixer.router_init=zeros",), 0,
                          evaluate="posttrain", extra=options, source=source.group))
     return Plan(models, (0,) if quick else (0, 1), (3e-3,), after=after,
-                notes=["byte-level NIAH (compact template, noise haystack), tiny preset (gated linear, C = 32), "
+                notes=[("byte-level NIAH (compact template, noise haystack), tiny preset (gated linear, C = 32), "
                        f"trained at {seq} tokens, one lr (3e-3); post-training MC = the base model's parameters in "
-                       "the MC model with a zero router (uniform average, no new parameters), no fine-tuning"])
+                       "the MC model with a zero router (uniform average, no new parameters), no fine-tuning")])
 
 
 # ---- E4: character-level language modelling ----------------------------------------------------------------------------
@@ -128,12 +128,12 @@ def e5(quick: bool) -> Plan:
         variants = {k: v for k, v in variants.items() if k in ("grm", "residual")}
     models = [Job("e5", name, None, base + ov, 0, evaluate="stacked") for name, ov in variants.items()]
     return Plan(models, (0,) if quick else (0, 1, 2), (3e-3,),
-                notes=["linear memory on stacked MQAR, default protocol lr 3e-3; not run (no such aggregation in "
-                       "the library): token-only gates without segment context, frozen uniform weights"])
+                notes=[("linear memory on stacked MQAR, default protocol lr 3e-3; not run (no such aggregation in "
+                       "the library): token-only gates without segment context, frozen uniform weights")])
 
 
 EXPERIMENTS = {"e1": e1, "e2": e2, "e3": e3, "e4": e4, "e5": e5}
 TITLES = {"e1": "E1 stacked MQAR capacity", "e2": "E2 token MQAR, full block", "e3": "E3 needle in a haystack",
           "e4": "E4 character-level LM", "e5": "E5 ablation (Table 5 mirror)"}
 
-__all__ = ["EXPERIMENTS", "Plan", "TITLES", "e1", "e1_variants", "e2", "e3", "e4", "e5"]
+__all__ = ["EXPERIMENTS", "TITLES", "Plan", "e1", "e1_variants", "e2", "e3", "e4", "e5"]

@@ -69,9 +69,10 @@ class Outcome:
 def git_revision() -> str:
     try:
         here = Path(__file__).resolve().parent
-        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                             check=False)
         dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+                               capture_output=True, text=True, timeout=10, check=False).stdout.strip()
         return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -129,7 +130,7 @@ def run_job(job: Job, out: str | Path) -> dict[str, Any]:
 def _run_job_safe(job: Job, out: str) -> tuple[Job, dict[str, Any]]:
     try:
         return job, run_job(job, out)
-    except Exception as err:  # a failed job is recorded, not fatal for the suite (e.g. a diverging model)
+    except Exception as err:  # noqa: BLE001 -- a failed job is recorded, not fatal for the suite (e.g. a diverging model)
         return job, {"id": job.id, "error": f"{type(err).__name__}: {err}"}
 
 
@@ -194,5 +195,17 @@ def best_lr(outcomes: list[Outcome]) -> float:
     return max(outcomes, key=lambda o: score(o.result)).job.lr
 
 
-__all__ = ["Job", "LRS", "Outcome", "VALIDATION_SEED", "best_lr", "git_revision", "load_result", "lr_sweep",
-           "run_dir", "run_job", "run_jobs", "score"]
+__all__ = [
+    "LRS",
+    "VALIDATION_SEED",
+    "Job",
+    "Outcome",
+    "best_lr",
+    "git_revision",
+    "load_result",
+    "lr_sweep",
+    "run_dir",
+    "run_job",
+    "run_jobs",
+    "score",
+]

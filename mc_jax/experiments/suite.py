@@ -28,7 +28,7 @@ def run_experiment(name: str, *, quick: bool = False, workers: int = 1, out: str
         chosen = {o.job.group: o.job.lr for o in outcomes if o.job.seed in plan.seeds}
         later = [dataclasses.replace(a, seed=s, lr=chosen[a.source], source=f"{a.source}-lr{chosen[a.source]:g}-s{s}")
                  for a in plan.after for s in plan.seeds]
-        outcomes += run_jobs(later, out, 1 if workers <= 1 else workers, log)
+        outcomes += run_jobs(later, out, max(1, workers), log)
     summary = report.write(name, outcomes, plan.notes, results)
     overview = report.write_overview(results, results.parent / "results.md" if not quick else results / "results.md")
     log(f"wrote {results / name} and {overview}")

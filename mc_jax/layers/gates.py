@@ -12,14 +12,20 @@ initialisation (the weights start small), e.g. a decay of about 0.95 and a small
     beta_prev   (0, 1)     sigmoid         0.5        (swla: weight of the previous token's pair, b_t)
     lam         (0, 1)     sigmoid         0.5        (swla: weight of the current token's pair, l_t)
 
-Per-memory initial values (:data:`MEMORY_BIAS`) override the table. Titans' ``theta`` starts at 0.0142: with
+Per-memory initial values (:func:`memory_biases`) override the table. Titans' ``theta`` starts at 0.0142 (heads
+up to 32 wide): with
 momentum the inner optimiser's steady step is ``theta / (1 - eta)``, and the table's 0.12 with ``eta = 0.88`` gave
 1.0, above the stability limit of gradient descent on ``|M(k) - v|^2`` (the curvature in ``W1`` alone is
 ``2 |gelu(W2 k)|^2 ~ E / 2`` at initialisation): the memory's weights grew geometrically along a sequence and the
 uncached Titans layer of the default preset was non-finite at step 1 (issue 16; the per-token recurrence diverged
 too, so no chunk form could help). 0.0142 = 0.12 (1 - 0.88) gives Titans DLA's effective step; measured on the
 default preset's uncached layer (3 initialisations x 4 batches x 64 sequences): theta_0 = 0.12 / 0.06 / 0.03 /
-0.0144 left 768 / 542 / 3 / 0 sequences non-finite (tests/models/test_init_finite.py is the regression test).
+0.0142 left 768 / 542 / 3 / 0 sequences non-finite (tests/models/test_init_finite.py is the regression test).
+Wider heads need a smaller step: with l2-normalised keys the values' norm grows as sqrt(D) at a fixed
+per-coordinate scale, and the error ``M(k) - v`` drives ``W1`` in proportion, which raises the curvature in ``W2``
+(the two layers grow each other). The paper_1_3b preset (D = 256, reduced as in the test) was non-finite on
+every sequence at 0.0142 and on some at 0.0071, so beyond 32 the step scales as ``32 / D`` -- the per-coordinate
+mean of the squared error, as TTT-style implementations use it.
 """
 
 from __future__ import annotations
@@ -65,19 +71,27 @@ def _logit(p: float) -> float:
     return math.log(p / (1.0 - p))
 
 
-# memory -> {gate: initial bias} where a memory needs other initial values than the table (see the docstring):
-# Titans' theta_0 = DLA's theta_0 * (1 - eta_0), so that theta_0 / (1 - eta_0) is DLA's step
-MEMORY_BIAS: dict[str, dict[str, float]] = {
-    "titans": {"theta": _logit(_sigmoid(GATES["theta"].bias) * (1.0 - _sigmoid(GATES["eta"].bias)))},
-}
+TITANS_REFERENCE_DIM = 32  # head dim up to which Titans keeps DLA's effective step (see the module docstring)
+
+
+def memory_biases(memory: str, head_dim: int) -> dict[str, float]:
+    """Initial biases that differ from the table for ``memory`` with per-head width ``head_dim``.
+
+    Titans: ``theta_0 = theta_DLA (1 - eta_0) min(1, 32 / D)``, so that ``theta_0 / (1 - eta_0)`` is DLA's step
+    for heads up to 32 wide and shrinks as ``1 / D`` beyond (the module docstring says why).
+    """
+    if memory != "titans":
+        return {}
+    step = _sigmoid(GATES["theta"].bias) * (1.0 - _sigmoid(GATES["eta"].bias))
+    return {"theta": _logit(step * min(1.0, TITANS_REFERENCE_DIM / head_dim))}
 
 
 class Gates(nnx.Module):
-    """All gates of a memory from one float32 projection ``d -> len(names) * heads`` (with bias); ``memory`` picks
-    its initial values from :data:`MEMORY_BIAS`."""
+    """All gates of a memory from one float32 projection ``d -> len(names) * heads`` (with bias); ``memory`` and
+    ``head_dim`` pick per-memory initial values (:func:`memory_biases`)."""
 
     def __init__(self, d: int, heads: int, names: tuple[str, ...], *, rngs: nnx.Rngs, std: float, param_dtype,
-                 memory: str = ""):
+                 memory: str = "", head_dim: int = 1):
         unknown = [n for n in names if n not in GATES]
         if unknown:
             raise ValueError(f"no gate parametrisation for {unknown}; known: {sorted(GATES)}")
@@ -86,7 +100,7 @@ class Gates(nnx.Module):
         self.proj = dense(d, len(names) * heads, rngs=rngs, std=std, dtype=jnp.float32, param_dtype=param_dtype,
                           bias=True) if names else None
         if names:
-            override = MEMORY_BIAS.get(memory, {})
+            override = memory_biases(memory, head_dim)
             bias = jnp.repeat(jnp.asarray([override.get(n, GATES[n].bias) for n in names], param_dtype), heads)
             self.proj.bias[...] = bias
 

@@ -15,10 +15,10 @@ import warnings
 import jax
 import jax.numpy as jnp
 import pytest
-
-from mc_jax.ops import init_cache, memory_caching
 from op_inputs import AGGREGATION_NAMES, make_inputs, slice_time
 from tolerances import assert_close
+
+from mc_jax.ops import init_cache, memory_caching
 
 LAYOUTS = [("constant", "independent"), ("constant", "checkpoint"), ("log", "independent"), ("log", "checkpoint")]
 GATES = ("log_decay", "beta_prev", "lam")
@@ -44,7 +44,7 @@ def reference_swla(q, k, v, gates, params, states=None):
     outer = lambda x, y: jnp.einsum("bhk,bhv->bhkv", x, y)
     outs = []
     for i in range(t):
-        col = lambda name: gates[name][:, i, :, None, None]
+        col = lambda name, i=i: gates[name][:, i, :, None, None]
         s = jnp.exp(col("log_decay")) * s + col("beta_prev") * outer(k_prev, v_prev) + col("lam") * outer(k[:, i], v[:, i])
         k_prev, v_prev = k[:, i], v[:, i]
         if states is not None:
