@@ -68,6 +68,25 @@ def e1(quick: bool) -> Plan:
                         "lr per model from {1e-3, 3e-3, 1e-2} on seed 100 (Zoology protocol)")])
 
 
+# ---- E1 search: where caching helps most (segment size x aggregation x pooling, linear memory, kv = 32) ------------
+def e1_search(quick: bool) -> Plan:
+    kv, sizes, aggs, pools = (8, (4,), ("grm",), ("mean",)) if quick else (32, (2, 4, 8, 16), ("grm", "ssc"),
+                                                                           ("mean", "sum"))
+    base = (_quick_train() if quick else ()) + _kv(kv)
+    models = [Job("e1s", f"kv{kv}-linear-none", None, base + ("model.mixer.kind=none",), 0, evaluate="stacked"),
+              Job("e1s", f"kv{kv}-attention", None, base + ("model.mixer.kind=attention",), 0, evaluate="stacked")]
+    for c in sizes:
+        for agg in aggs:
+            ssc = ("model.mixer.aggregation=ssc", "model.mixer.top_k=2") if agg == "ssc" else ()
+            for pool in pools:
+                models.append(Job("e1s", f"kv{kv}-linear-{agg}_C{c}_{pool}", None,
+                                  base + ssc + (f"model.mixer.segment_size={c}", f"model.mixer.pool={pool}"), 0,
+                                  evaluate="stacked"))
+    return Plan(models, (0,) if quick else (0, 1, 2), (3e-3,),
+                notes=[("linear memory on stacked MQAR kv = 32, default protocol lr 3e-3: segment size x "
+                        "aggregation (grm, ssc top_k 2) x key pooling")])
+
+
 # ---- E2: token MQAR, full block ----------------------------------------------------------------------------------------
 def e2(quick: bool) -> Plan:
     base = _quick_train() if quick else ()
@@ -132,8 +151,9 @@ def e5(quick: bool) -> Plan:
                        "the library): token-only gates without segment context, frozen uniform weights")])
 
 
-EXPERIMENTS = {"e1": e1, "e2": e2, "e3": e3, "e4": e4, "e5": e5}
-TITLES = {"e1": "E1 stacked MQAR capacity", "e2": "E2 token MQAR, full block", "e3": "E3 needle in a haystack",
+EXPERIMENTS = {"e1": e1, "e1s": e1_search, "e2": e2, "e3": e3, "e4": e4, "e5": e5}
+TITLES = {"e1": "E1 stacked MQAR capacity", "e1s": "E1 search: segment size, aggregation, pooling",
+          "e2": "E2 token MQAR, full block", "e3": "E3 needle in a haystack",
           "e4": "E4 character-level LM", "e5": "E5 ablation (Table 5 mirror)"}
 
 __all__ = ["EXPERIMENTS", "TITLES", "Plan", "e1", "e1_variants", "e2", "e3", "e4", "e5"]
