@@ -21,7 +21,7 @@ import jax
 from mc_jax.dispatch import tiling
 from mc_jax.kernels import cache_read, chunk_state
 from mc_jax.ops import reads_causal
-from mc_jax.ops.memories import DEEP, LINEAR
+from mc_jax.ops.memories import DEEP, LINEAR, SWLA
 from mc_jax.ops.stages import Stages, xla_read_blocked, xla_read_dense, xla_state_pass
 
 
@@ -146,8 +146,8 @@ TABLE: dict[str, tuple[Implementation, ...]] = {
         Implementation("cache_read_sparse", pallas_read_sparse, applies=_sparse_applies),
         Implementation("cache_read_dense", pallas_read_dense, applies=_dense_applies),
         Implementation("residual_prefix", residual_prefix, applies=_residual_applies),
-        Implementation("sparse_gather", sparse_gather, families=(LINEAR, DEEP), applies=_sparse_gather_applies),
-        Implementation("causal_read", causal_read, families=(LINEAR, DEEP), applies=_causal_applies),
+        Implementation("sparse_gather", sparse_gather, families=(LINEAR, SWLA, DEEP), applies=_sparse_gather_applies),
+        Implementation("causal_read", causal_read, families=(LINEAR, SWLA, DEEP), applies=_causal_applies),
         Implementation(XLA, xla_read_dense, families=(), streaming=True),
     ),
     "read_blocked": (

@@ -68,7 +68,8 @@ class MCMixer(nnx.Module):
         self.v_conv = ShortConv(h * dv, m.conv_width, **kw)
         u_std = std if m.router_init == "normal" else 0.0  # zeros: uniform gates at initialisation
         self.u_proj = dense(d, h * dk, std=u_std, **kw) if self.aggregation != "residual" else None
-        self.gates = Gates(d, h, m.gate_names, rngs=rngs, std=std, param_dtype=pdtype)
+        self.gates = Gates(d, h, m.gate_names, rngs=rngs, std=std, param_dtype=pdtype, memory=m.memory,
+                           head_dim=max(dk, dv))
         self.out_norm = (RMSNorm((h, dv), eps=config.norm_eps, dtype=dtype, param_dtype=pdtype)
                          if m.output_norm else None)
         self.gate_proj = dense(d, h * dv, std=std, **kw) if m.output_gate else None

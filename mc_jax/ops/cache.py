@@ -210,8 +210,8 @@ def _merge_log(cache: MCCache, block, online, key_sums, levels, done) -> _Merge:
     restart = jnp.arange(key_sums.shape[0]) <= slot
     key_sums_done = jnp.where(restart[:, None, None, None], 0.0, key_sums)
     if levels is not None:
-        restart_lv = restart[1:].reshape((-1,) + (1,) * (jax.tree.leaves(levels)[0].ndim - 1))
-        levels = _select(done & restart_lv, jax.tree.map(lambda s: s[None], cache.initial), levels)
+        per_leaf = lambda lv: (done & restart[1:]).reshape((-1,) + (1,) * (lv.ndim - 1))  # leaves differ (swla)
+        levels = jax.tree.map(lambda s, lv: jnp.where(per_leaf(lv), s[None], lv), cache.initial, levels)
     slot_valid = jnp.where(done & (jnp.arange(cache.capacity) < slot), False, cache.slot_valid)
     return _Merge(slot, memory, key_sums[jnp.minimum(slot, key_sums.shape[0] - 1)], key_sums_done, levels,
                   slot_valid, cache.config.segment_size << slot)

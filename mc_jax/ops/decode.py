@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 from mc_jax.ops import aggregation as agg
 from mc_jax.ops.cache import Chunk, MCCache, append_step, masked_keys
-from mc_jax.ops.memories import LINEAR, MemorySpec
+from mc_jax.ops.memories import MemorySpec
 from mc_jax.ops.stages import XLA_STAGES, Stages, combine, online_reader
 from mc_jax.ops.utils import state_dtype
 from mc_jax.typing import Array, Float, PyTree
@@ -53,11 +53,12 @@ def read_slots(spec: MemorySpec, what: str, slots: PyTree, gamma: Float[Array, "
     """
     width = gamma.shape[-1]
     slot = lambda i: jax.tree.map(lambda s: jax.lax.dynamic_index_in_dim(s, i, 2, keepdims=False), slots)
-    if spec.family is LINEAR or what != "read":
-        leaf = slots if spec.family is LINEAR else slots[what]
+    matrix = not spec.family.deep  # linear-family memories (linear, swla) read a matrix: q^T S
+    if matrix or what != "read":
+        leaf = slots if matrix else slots[what]
         body = lambda i, acc: acc + gamma[:, :, i, None, None] * jax.lax.dynamic_index_in_dim(leaf, i, 2, False)
         mixed = jax.lax.fori_loop(0, width, body, jnp.zeros(leaf.shape[:2] + leaf.shape[3:], leaf.dtype))
-        if spec.family is LINEAR:
+        if matrix:
             return jnp.einsum("bhk,bhkv->bhv", x, mixed)
         return jnp.einsum("bhoi,bhi->bho", mixed, x)
 

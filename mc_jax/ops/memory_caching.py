@@ -174,7 +174,7 @@ def memory_caching(
         q, k: queries and keys ``[B, T, H, Dk]``; no scaling or normalisation is applied here.
         v: values ``[B, T, H, Dv]``.
         u: gate / router queries ``[B, T, H, Dk]``; required by ``grm``, ``soup`` and ``ssc``.
-        memory: ``linear``, ``gated_linear``, ``delta``, ``dla`` or ``titans``.
+        memory: ``linear``, ``gated_linear``, ``delta``, ``swla``, ``dla`` or ``titans``.
         aggregation: ``residual``, ``grm``, ``soup`` or ``ssc``.
         segmentation: ``constant`` (segments of ``segment_size``) or ``log`` (Fenwick groups of blocks).
         segment_size: tokens per segment (``constant``) or per smallest block (``log``).
@@ -182,7 +182,8 @@ def memory_caching(
         init: ``independent`` (every segment starts from the initial state) or ``checkpoint`` (continues).
         pool: ``mean`` or ``sum`` of a segment's keys for the gate / router logits.
         gates: per-token ``[B, T, H]`` gates: ``log_decay`` (gated_linear; optional for delta), ``beta`` (delta),
-            ``theta``, ``alpha`` (optional), ``eta`` (titans) for deep memories.
+            ``beta_prev``, ``lam`` (swla; ``log_decay`` optional), ``theta``, ``alpha`` (optional), ``eta`` (titans)
+            for deep memories.
         params: initial memory: linear ``[B, H, Dk, Dv]`` / ``[H, Dk, Dv]`` or None (zeros); deep (required)
             ``{"W1": [H, D, E*D], "W2": [H, E*D, D]}``, optionally with a leading batch axis.
         chunk_size: inner chunk size; must divide ``segment_size`` for deep memories (default: a divisor <= 16).

@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from mc_jax.ops.memories import DEEP, LINEAR, MemorySpec, readable
+from mc_jax.ops.memories import DEEP, LINEAR, SWLA, MemorySpec, readable
 from mc_jax.ops.segmentation import cached_ranges
 from mc_jax.typing import Array, PyTree
 
@@ -51,6 +51,16 @@ def _deep_step(spec: MemorySpec, state, k, v, gates, chunk_start: bool):
     return new
 
 
+def _swla_step(spec: MemorySpec, state, k, v, gates, chunk_start: bool):
+    """SWLA: ``M_t = a_t M_{t-1} + b_t k_{t-1} v_{t-1}^T + l_t k_t v_t^T`` from ``{"S", "k_prev", "v_prev"}``."""
+    del spec, chunk_start
+    outer = lambda x, y: jnp.einsum("bhk,bhv->bhkv", x, y)
+    matrix = (jnp.exp(gates["log_decay"])[..., None, None] * state["S"]
+              + gates["beta_prev"][..., None, None] * outer(state["k_prev"], state["v_prev"])
+              + gates["lam"][..., None, None] * outer(k, v))
+    return {"S": matrix, "k_prev": k, "v_prev": v}
+
+
 def _linear_read(memory, q):
     """``S^T q`` for ``S [b h dk dv]``, ``q [b h dk]``."""
     return jnp.einsum("bhk,bhkv->bhv", q, memory)
@@ -63,7 +73,7 @@ def _deep_read(memory, q):
 
 
 # The per-token definition of each family: (one update step, one read).
-_DEFINITIONS = {LINEAR: (_linear_step, _linear_read), DEEP: (_deep_step, _deep_read)}
+_DEFINITIONS = {LINEAR: (_linear_step, _linear_read), DEEP: (_deep_step, _deep_read), SWLA: (_swla_step, _linear_read)}
 
 
 def memory_step(spec: MemorySpec, state: PyTree, k: Array, v: Array, gates: dict[str, Array], chunk_start: bool):

@@ -24,7 +24,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from mc_jax.ops.memories import LINEAR, MemorySpec
+from mc_jax.ops.memories import MemorySpec
 from mc_jax.ops.reads import dense_mix
 from mc_jax.typing import Array, Bool, Float, PyTree
 
@@ -65,7 +65,7 @@ weighted_read.defvjp(_weighted_read_fwd, _weighted_read_bwd)
 
 def _read_block(spec: MemorySpec, what: str, stack: PyTree, gamma, available, x):
     """``sum_m gamma[t, m] map_m(x_t)`` for one query block: ``stack`` leaves ``[b, m, h, ...]``, ``x [b, c, h, i]``."""
-    if spec.family is LINEAR:
+    if not spec.family.deep:  # a matrix read (linear, swla)
         heads_first = lambda a: jnp.moveaxis(a, 2, 1)  # b c h ... -> b h c ...
         y = weighted_read(heads_first(x), heads_first(jnp.where(available, gamma, 0.0)), jnp.moveaxis(stack, 2, 1))
         return jnp.moveaxis(y, 1, 2)

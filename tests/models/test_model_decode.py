@@ -25,6 +25,7 @@ CASES = {
     "gated_linear-grm-log": dict(memory="gated_linear", segmentation="log", segment_size=4),
     "delta-grm-checkpoint": dict(memory="delta", init="checkpoint", segment_size=4),
     "dla-grm": dict(memory="dla", segment_size=4, chunk_size=4),
+    "swla-grm+none": dict(memory="swla", segment_size=4, pattern=("mc", "none")),  # k_prev carried across calls
     # titans: two inner chunks per segment, in a hybrid with its base layer ("none")
     "titans-grm+none": dict(memory="titans", segment_size=4, chunk_size=2, pattern=("mc", "none")),
     # the other aggregations; hybrids with the base layer ("none") and with attention / sliding window

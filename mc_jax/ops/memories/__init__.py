@@ -15,18 +15,19 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
 
-from mc_jax.ops.memories.families import DEEP, FAMILIES, LINEAR, DeepFamily, LinearFamily
+from mc_jax.ops.memories.families import DEEP, FAMILIES, LINEAR, SWLA, DeepFamily, LinearFamily, SWLAFamily
 from mc_jax.typing import Array, PyTree
 
 # Identity value of every gate: a padded token with these gates (and k = 0) leaves every state unchanged.
-IDENTITY_GATES = {"log_decay": 0.0, "beta": 0.0, "theta": 0.0, "alpha": 0.0, "eta": 1.0, "write": 0.0}
+IDENTITY_GATES = {"log_decay": 0.0, "beta": 0.0, "theta": 0.0, "alpha": 0.0, "eta": 1.0, "write": 0.0,
+                  "beta_prev": 0.0, "lam": 0.0}
 
 # The range of every gate (inclusive): ``log_decay`` = log of a decay in [0, 1] (``-inf``: a full reset), ``beta``
 # the delta rule's write strength, ``theta`` the deep memory's inner learning rate (finite), ``alpha`` its
-# forgetting and ``eta`` the Titans momentum decay. Values outside (or NaN) are refused when the gates are concrete;
+# forgetting, ``eta`` the Titans momentum decay, ``beta_prev`` / ``lam`` SWLA's window weights. Values outside (or NaN) are refused when the gates are concrete;
 # under ``jit`` pass ``checked=True`` to :func:`~mc_jax.ops.memory_caching` and wrap with ``checkify``.
 GATE_RANGES = {"log_decay": (-math.inf, 0.0), "beta": (0.0, 1.0), "theta": (0.0, math.inf), "alpha": (0.0, 1.0),
-               "eta": (0.0, 1.0)}
+               "eta": (0.0, 1.0), "beta_prev": (0.0, 1.0), "lam": (0.0, 1.0)}
 
 
 def _gate_ok(name: str, g):
@@ -57,7 +58,7 @@ def check_gate_values(gates: dict[str, Array], *, checked: bool = False) -> None
 @dataclass(frozen=True)
 class MemorySpec:
     name: str
-    family: LinearFamily | DeepFamily
+    family: LinearFamily | DeepFamily | SWLAFamily
     required_gates: tuple[str, ...]
     optional_gates: tuple[str, ...]  # default to their identity value
     loss: str | None = None  # deep memories: "dla" | "titans"
@@ -73,6 +74,7 @@ MEMORIES: dict[str, MemorySpec] = {
     "linear": MemorySpec("linear", LINEAR, (), ()),
     "gated_linear": MemorySpec("gated_linear", LINEAR, ("log_decay",), ()),
     "delta": MemorySpec("delta", LINEAR, ("beta",), ("log_decay",)),
+    "swla": MemorySpec("swla", SWLA, ("beta_prev", "lam"), ("log_decay",)),
     "dla": MemorySpec("dla", DEEP, ("theta",), ("alpha",), loss="dla"),
     "titans": MemorySpec("titans", DEEP, ("theta", "eta"), ("alpha",), loss="titans", momentum=True),
 }
@@ -89,7 +91,7 @@ def complete_gates(spec: MemorySpec, gates: dict[str, Array] | None, shape: tupl
     """Check the user's gates against ``spec`` and fill the optional ones with their identity value.
 
     The result always holds ``log_decay`` for linear memories (zeros for ``linear``), ``beta`` only for ``delta``,
-    and ``theta``, ``alpha``, ``write`` (and ``eta`` for Titans) for deep memories.
+    ``beta_prev`` and ``lam`` for ``swla``, and ``theta``, ``alpha``, ``write`` (and ``eta`` for Titans) for deep memories.
     """
     gates = dict(gates or {})
     unknown = set(gates) - set(spec.gate_names)
@@ -142,6 +144,7 @@ __all__ = [
     "GATE_RANGES",
     "IDENTITY_GATES",
     "LINEAR",
+    "SWLA",
     "check_gate_values",
     "MEMORIES",
     "MemorySpec",

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
-from mc_jax.ops.memories import deep, linear
+from mc_jax.ops.memories import deep, linear, swla
 from mc_jax.ops.utils import state_dtype
 from mc_jax.typing import Array, PyTree
 
@@ -183,6 +183,31 @@ def _deep_state(w1, w2, batch: int, heads: int, d: int, momentum: bool) -> PyTre
     return state
 
 
+@dataclass(frozen=True)
+class SWLAFamily(LinearFamily):
+    """Sliding-window linear attention (window 2, :mod:`.swla`): a matrix ``S [dk, dv]`` read like a linear memory,
+    plus the previous token's key and value in the state (``{"S", "k_prev", "v_prev"}``) for the window term."""
+
+    name: str = "swla"
+
+    def state_pass(self, spec, k, v, gates, state, chunk: int, valid):
+        """``(chunk_data, final)``; chunk_data ``(m_starts [r n h dk dv], ...)`` (:func:`.swla.state_pass`)."""
+        return swla.state_pass(k, v, gates, state, chunk, valid)
+
+    def read_online(self, q, k, gates, chunk_data, chunk: int):
+        """``o_t = M_t^T q_t`` for every token (the shifted GLA read plus the diagonal ``l_t`` term)."""
+        return swla.read(q, k, gates, chunk_data, chunk)
+
+    def readable(self, state: PyTree) -> PyTree:
+        """The matrix ``S``; the window's previous token is not part of a cached read."""
+        return state["S"]
+
+    def initial_state(self, spec, params, batch: int, heads: int, dk: int, dv: int) -> PyTree:
+        """The linear family's matrix (zeros or ``params``) with no previous token."""
+        return swla.initial_state(super().initial_state(spec, params, batch, heads, dk, dv))
+
+
 LINEAR = LinearFamily()
 DEEP = DeepFamily()
-FAMILIES = (LINEAR, DEEP)
+SWLA = SWLAFamily()
+FAMILIES = (LINEAR, DEEP, SWLA)

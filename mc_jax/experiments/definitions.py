@@ -1,0 +1,159 @@
+"""The experiments of issue 16 (E1-E5): their grids, full and ``--quick``, and how each is run.
+
+Every experiment is a function ``(quick) -> Plan``: the model templates (:class:`~mc_jax.experiments.jobs.Job`
+without seed / learning rate), the reported seeds and the learning rates swept on the validation seed (one rate:
+no sweep). Post-training jobs (E3) run after the jobs they load.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mc_jax.experiments.jobs import LRS, Job
+
+MEMORIES = ("linear", "delta", "swla", "dla", "titans")
+DEEP = ("dla", "titans")
+SHAKESPEARE = Path("data/shakespeare.txt")  # python -m mc_jax.data.prepare shakespeare data/shakespeare.txt
+
+
+@dataclass
+class Plan:
+    models: list[Job]
+    seeds: tuple[int, ...]
+    lrs: tuple[float, ...]
+    after: list[Job] = field(default_factory=list)  # run after the models (post-training MC), per seed
+    notes: list[str] = field(default_factory=list)
+
+
+def _quick_train(steps: int = 30) -> tuple[str, ...]:
+    return (f"train.steps={steps}", "train.warmup=5", "train.eval_every=0", "train.ckpt_every=0",
+            "train.task.eval_examples=32", "train.batch_size=16")
+
+
+# ---- E1: stacked MQAR capacity ---------------------------------------------------------------------------------------
+def e1_variants(memory: str) -> dict[str, tuple[str, ...]]:
+    """Caching variants of one memory: name -> overrides (on top of ``model.mixer.memory``)."""
+    out = {"none": ("model.mixer.kind=none",), "residual": ("model.mixer.aggregation=residual",),
+           "grm": (), "ssc": ("model.mixer.aggregation=ssc", "model.mixer.top_k=2"),
+           "grm_log": ("model.mixer.segmentation=log",), "grm_checkpoint": ("model.mixer.init=checkpoint",)}
+    if memory in DEEP:
+        out["soup"] = ("model.mixer.aggregation=soup",)
+    return out
+
+
+def _kv(kv: int) -> tuple[str, ...]:
+    return (f"train.task.num_kv_pairs={kv}", f"train.task.seq_len={2 * kv}")
+
+
+def e1(quick: bool) -> Plan:
+    memories, kvs = (("linear", "swla"), (8,)) if quick else (MEMORIES, (32, 64))
+    base = _quick_train() if quick else ()
+    models = []
+    for kv in kvs:
+        for memory in memories:
+            for name, ov in e1_variants(memory).items():
+                if quick and name not in ("none", "grm"):
+                    continue
+                models.append(Job("e1", f"kv{kv}-{memory}-{name}", None,
+                                  base + _kv(kv) + (f"model.mixer.memory={memory}",) + ov, 0, evaluate="stacked"))
+        refs = {"attention": ("model.mixer.kind=attention",),
+                "sliding_window": ("model.mixer.kind=sliding_window", "model.mixer.window=8")}
+        for name, ov in refs.items():
+            if quick and name != "attention":
+                continue
+            models.append(Job("e1", f"kv{kv}-{name}", None, base + _kv(kv) + ov, 0, evaluate="stacked"))
+    return Plan(models, (0,) if quick else (0, 1, 2), (3e-3,) if quick else LRS,
+                notes=[("stacked MQAR (mc_jax/configs/train_tiny_mqar.py: 1 layer, d_model 32, 1 head, C = 8), "
+                        "lr per model from {1e-3, 3e-3, 1e-2} on seed 100 (Zoology protocol)")])
+
+
+# ---- E1 search: where caching helps most (segment size x aggregation x pooling, linear memory, kv = 32) ------------
+def e1_search(quick: bool) -> Plan:
+    kv, sizes, aggs, pools = (8, (4,), ("grm",), ("mean",)) if quick else (32, (2, 4, 8, 16), ("grm", "ssc"),
+                                                                           ("mean", "sum"))
+    base = (_quick_train() if quick else ()) + _kv(kv)
+    models = [Job("e1s", f"kv{kv}-linear-none", None, base + ("model.mixer.kind=none",), 0, evaluate="stacked"),
+              Job("e1s", f"kv{kv}-attention", None, base + ("model.mixer.kind=attention",), 0, evaluate="stacked")]
+    for c in sizes:
+        for agg in aggs:
+            ssc = ("model.mixer.aggregation=ssc", "model.mixer.top_k=2") if agg == "ssc" else ()
+            for pool in pools:
+                models.append(Job("e1s", f"kv{kv}-linear-{agg}_C{c}_{pool}", None,
+                                  base + ssc + (f"model.mixer.segment_size={c}", f"model.mixer.pool={pool}"), 0,
+                                  evaluate="stacked"))
+    return Plan(models, (0,) if quick else (0, 1, 2), (3e-3,),
+                notes=[("linear memory on stacked MQAR kv = 32, default protocol lr 3e-3: segment size x "
+                        "aggregation (grm, ssc top_k 2) x key pooling")])
+
+
+# ---- E2: token MQAR, full block ----------------------------------------------------------------------------------------
+def e2(quick: bool) -> Plan:
+    base = _quick_train() if quick else ()
+    models = [Job("e2", name, "train_token_mqar", base + ov, 0)
+              for name, ov in (("mc", ()), ("none", ("model.mixer.kind=none",)),
+                               ("attention", ("model.mixer.kind=attention",)))]
+    return Plan(models, (0,) if quick else (0, 1), (3e-3,) if quick else LRS,
+                notes=["token MQAR (mc_jax/configs/train_token_mqar.py: 2 layers, d_model 64, full GLA-style block)"])
+
+
+# ---- E3: needle in a haystack, incl. post-training MC ---------------------------------------------------------------------
+def e3(quick: bool) -> Plan:
+    needles = ("passkey",) if quick else ("passkey", "number", "uuid")
+    seq = 64 if quick else 256
+    options = (("length_factors", (1, 2) if quick else (1, 2, 4, 8)),
+               ("depths", (0.0, 0.5, 1.0) if quick else (0.0, 0.25, 0.5, 0.75, 1.0)),
+               ("samples", 4 if quick else 32))
+    base = (_quick_train() if quick else ("train.steps=1500",)) + (
+        "train.task.kind=niah", f"train.task.seq_len={seq}", "model.mixer.segment_size=32",
+        "train.task.eval_examples=32")
+    models, after = [], []
+    for needle in needles:
+        common = base + (f"train.task.needle={needle}",)
+        source = Job("e3", f"{needle}-base", "tiny", common + ("model.mixer.kind=none",), 0, evaluate="niah",
+                     extra=options)
+        models += [source, Job("e3", f"{needle}-mc", "tiny", common, 0, evaluate="niah", extra=options)]
+        after.append(Job("e3", f"{needle}-posttrain", "tiny", common + ("model.mixer.router_init=zeros",), 0,
+                         evaluate="posttrain", extra=options, source=source.group))
+    return Plan(models, (0,) if quick else (0, 1), (3e-3,), after=after,
+                notes=[("byte-level NIAH (compact template, noise haystack), tiny preset (gated linear, C = 32), "
+                       f"trained at {seq} tokens, one lr (3e-3); post-training MC = the base model's parameters in "
+                       "the MC model with a zero router (uniform average, no new parameters), no fine-tuning")])
+
+
+# ---- E4: character-level language modelling ----------------------------------------------------------------------------
+def e4(quick: bool) -> Plan:
+    path = str(SHAKESPEARE) if SHAKESPEARE.exists() else ""
+    base = (_quick_train() if quick else ("train.steps=1500",)) + (
+        "train.task.kind=text", f"train.task.path={path}", f"train.task.seq_len={64 if quick else 256}",
+        "train.task.eval_examples=" + ("8" if quick else "64"))
+    models = [Job("e4", name, "tiny", base + ov, 0, evaluate="lm", extra=(("bucket", 16 if quick else 32),))
+              for name, ov in (("mc", ()), ("none", ("model.mixer.kind=none",)),
+                               ("attention", ("model.mixer.kind=attention",)))]
+    corpus = "the Shakespeare corpus" if path else "the shipped tiny corpus (run the prepare command for Shakespeare)"
+    return Plan(models, (0,) if quick else (0, 1), (3e-3,) if quick else (1e-3, 3e-3),
+                notes=[f"byte-level LM on {corpus}, tiny preset (2 layers, d_model 64), equal tokens"])
+
+
+# ---- E5: ablation (the paper's Table 5, on stacked MQAR kv = 32) -----------------------------------------------------------
+def e5(quick: bool) -> Plan:
+    base = _quick_train() + _kv(8) if quick else _kv(32)
+    variants = {"grm": (), "residual": ("model.mixer.aggregation=residual",),
+                "grm_router_zeros": ("model.mixer.router_init=zeros",),
+                "grm_checkpoint": ("model.mixer.init=checkpoint",)}  # grm: independent, C = 8
+    for c in ((4,) if quick else (4, 16, 32)):  # C = 8 is the default ("grm")
+        variants[f"grm_C{c}"] = (f"model.mixer.segment_size={c}",)
+    if quick:
+        variants = {k: v for k, v in variants.items() if k in ("grm", "residual")}
+    models = [Job("e5", name, None, base + ov, 0, evaluate="stacked") for name, ov in variants.items()]
+    return Plan(models, (0,) if quick else (0, 1, 2), (3e-3,),
+                notes=[("linear memory on stacked MQAR, default protocol lr 3e-3; not run (no such aggregation in "
+                       "the library): token-only gates without segment context, frozen uniform weights")])
+
+
+EXPERIMENTS = {"e1": e1, "e1s": e1_search, "e2": e2, "e3": e3, "e4": e4, "e5": e5}
+TITLES = {"e1": "E1 stacked MQAR capacity", "e1s": "E1 search: segment size, aggregation, pooling",
+          "e2": "E2 token MQAR, full block", "e3": "E3 needle in a haystack",
+          "e4": "E4 character-level LM", "e5": "E5 ablation (Table 5 mirror)"}
+
+__all__ = ["EXPERIMENTS", "TITLES", "Plan", "e1", "e1_variants", "e2", "e3", "e4", "e5"]

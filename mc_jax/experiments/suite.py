@@ -1,0 +1,62 @@
+"""Running an experiment: the learning-rate protocol, post-training jobs, the report; the command line."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+from mc_jax.experiments import report
+from mc_jax.experiments.definitions import EXPERIMENTS, TITLES
+from mc_jax.experiments.jobs import lr_sweep, run_jobs
+
+
+def run_experiment(name: str, *, quick: bool = False, workers: int = 1, out: str | Path | None = None,
+                   results: str | Path | None = None, log=print) -> dict:
+    """Run (or resume) experiment ``name`` and write its report; returns the summary."""
+    if name not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment {name!r}; choose one of {sorted(EXPERIMENTS)} or 'all'")
+    out = Path(out or ("runs/experiments_quick" if quick else "runs/experiments")).absolute()
+    results = Path(results or (out / "results" if quick else "docs/results")).absolute()
+    plan = EXPERIMENTS[name](quick)
+    log(f"{TITLES[name]}{' (quick)' if quick else ''}: {len(plan.models)} models x {len(plan.seeds)} seeds"
+        + (f", lr from {list(plan.lrs)} on a validation seed" if len(plan.lrs) > 1 else f", lr {plan.lrs[0]:g}"))
+    outcomes = lr_sweep(plan.models, plan.seeds, plan.lrs, out, workers, log)
+    if plan.after:
+        chosen = {o.job.group: o.job.lr for o in outcomes if o.job.seed in plan.seeds}
+        later = [dataclasses.replace(a, seed=s, lr=chosen[a.source], source=f"{a.source}-lr{chosen[a.source]:g}-s{s}")
+                 for a in plan.after for s in plan.seeds]
+        outcomes += run_jobs(later, out, max(1, workers), log)
+    summary = report.write(name, outcomes, plan.notes, results)
+    overview = report.write_overview(results, results.parent / "results.md" if not quick else results / "results.md")
+    log(f"wrote {results / name} and {overview}")
+    return summary
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m mc_jax.experiments", description=__doc__)
+    p.add_argument("name", help=f"one of {', '.join(EXPERIMENTS)} or 'all'")
+    p.add_argument("--quick", action="store_true", help="tiny versions (a smoke test of the whole pipeline)")
+    p.add_argument("--jobs", type=int, default=1, help="training jobs at a time (worker processes)")
+    p.add_argument("--out", default=None, help="job JSONs and run directories (default runs/experiments[_quick])")
+    p.add_argument("--results", default=None, help="tables and plots (default docs/results; quick: <out>/results)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.jobs < 1:
+        print("error: --jobs must be at least 1", file=sys.stderr)
+        return 2
+    names = list(EXPERIMENTS) if args.name == "all" else [args.name]
+    if any(n not in EXPERIMENTS for n in names):
+        print(f"error: unknown experiment {args.name!r}; choose one of {', '.join(EXPERIMENTS)} or 'all'",
+              file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    for name in names:
+        run_experiment(name, quick=args.quick, workers=args.jobs, out=args.out, results=args.results)
+    print(f"done in {time.perf_counter() - t0:.0f} s")
+    return 0

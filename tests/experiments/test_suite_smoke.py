@@ -1,0 +1,74 @@
+"""Smoke test of the experiment suite: a minimal quick subset runs end to end and writes its files (no accuracy
+thresholds), a second call skips the finished jobs, and post-training MC loads a ``none`` model into an MC one."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from mc_jax.experiments import report
+from mc_jax.experiments.evaluation import transplant
+from mc_jax.experiments.jobs import Job, run_jobs
+from mc_jax.experiments.suite import main, run_experiment
+from mc_jax.models import create_model
+from mc_jax.train import load_run_config
+from mc_jax.train.step import split_model
+
+
+@pytest.mark.slow
+def test_quick_experiment_writes_jobs_tables_plots_and_resumes(tmp_path):
+    out, results = tmp_path / "runs", tmp_path / "results"
+    summary = run_experiment("e5", quick=True, out=out, results=results, log=lambda *_: None)
+    assert set(summary) == {"grm", "residual"}
+    jobs = sorted((out / "e5" / "jobs").glob("*.json"))
+    assert [p.name for p in jobs] == ["grm-lr0.003-s0.json", "residual-lr0.003-s0.json"]
+    record = json.loads(jobs[0].read_text())
+    for key in ("config", "seed", "accuracy", "wall_seconds", "git_revision", "by_segment"):
+        assert key in record, key
+    assert 0.0 <= record["accuracy"] <= 1.0
+    for name in ("table.md", "summary.json", "accuracy_by_segment.png"):
+        assert (results / "e5" / name).stat().st_size > 0, name
+    overview = (results / "results.md").read_text()
+    assert "E5 ablation" in overview and "Paper:" in overview and "E1 stacked MQAR capacity\nNot run yet.\n\nPaper: MQAR" in overview
+    # resumable: nothing is trained again
+    lines = []
+    run_experiment("e5", quick=True, out=out, results=results, log=lines.append)
+    assert not any("to run" in line for line in lines)
+
+
+def test_cli_refuses_unknown_names_and_bad_jobs(capsys):
+    assert main(["e9", "--quick"]) == 2
+    assert "unknown experiment" in capsys.readouterr().err
+    assert main(["e1", "--jobs", "0"]) == 2
+
+
+def test_failed_job_is_recorded_not_fatal(tmp_path):
+    bad = Job("e5", "broken", None, ("model.mixer.memory=nonexistent",), 0, lr=1e-3)
+    outcome, = run_jobs([bad], tmp_path, log=lambda *_: None)
+    assert "error" in outcome.result and "nonexistent" in outcome.result["error"]
+
+
+def test_transplant_adds_only_the_router():
+    none = load_run_config(None, ["model.mixer.kind=none"])
+    mc = load_run_config(None, ["model.mixer.router_init=zeros"])
+    _, src, _ = split_model(create_model(none.model, 0))
+    _, dst, _ = split_model(create_model(mc.model, 1))
+    moved = transplant(src, dst)
+    flat = {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_leaves_with_path(moved)}
+    source = {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_leaves_with_path(src)}
+    new = [k for k in flat if k not in source]
+    assert new and all("u_proj" in k for k in new) and all(np.all(flat[k] == 0) for k in new)
+    assert all(np.array_equal(flat[k], source[k]) for k in source)
+    with pytest.raises(ValueError, match="not in the checkpoint"):
+        transplant(src, dst, allowed_new=())
+
+
+def test_gap_closed_and_verdicts():
+    s = {"kv32-linear-none": {"mean": 0.2}, "kv32-linear-grm": {"mean": 0.6}, "kv32-linear-grm_log": {"mean": 0.3},
+         "kv32-attention": {"mean": 1.0}}
+    assert report.gap_closed(s) == pytest.approx({"kv32-linear-grm": 0.5, "kv32-linear-grm_log": 0.125})
+    text = " ".join(report.verdict("e1", s))
+    assert "closes 50%" in text and "above Log-Linear++ (grm_log): grm" in text
