@@ -111,8 +111,10 @@ def mc_decode_step(q, k, v, u, gates, cache: MCCache, spec: MemorySpec, *, aggre
     u = None if u is None else u.astype(sd)
     gates = {name: g.astype(sd) for name, g in gates.items()}
     # deep memories: the reference weights move to the new weights when this token ends an inner chunk
+    # (linear-family state passes read ``valid`` as "a real token": swla's window skips padding)
     ends_chunk = jnp.broadcast_to((cache.position + 1) % chunk == 0, (b, 1, h))
-    data, online = stages.state_pass(spec, k, v, gates, cache.online, 1, ends_chunk)
+    pass_valid = ends_chunk if spec.family.deep else jnp.ones((b, 1, h), bool)
+    data, online = stages.state_pass(spec, k, v, gates, cache.online, 1, pass_valid)
     read_online, online_layer = online_reader(spec, data, 1, 1, (b, 1, h))
     y_online = read_online(q, k, gates)
 
@@ -124,7 +126,7 @@ def mc_decode_step(q, k, v, u, gates, cache: MCCache, spec: MemorySpec, *, aggre
     # one it reads (or is unchanged), and reading the updated buffer lets XLA update the slots in place (reading the
     # old buffer inside the switch and then updating it made XLA copy the whole cache, every token).
     xs = Chunk(q, k, v, u, gates, jnp.ones((1,), bool))
-    new = append_step(cache, xs, masked_keys(xs), online, spec, stages, pass_valid=ends_chunk)
+    new = append_step(cache, xs, masked_keys(xs), online, spec, stages, pass_valid=pass_valid)
 
     def read(width: int):
         def branch(_):

@@ -15,8 +15,8 @@ import pytest
 from mc_jax.dispatch import resolve_impl
 from mc_jax.ops import memory_caching
 from mc_jax.ops.memories import get_memory
-from op_inputs import AGGREGATION_NAMES, MEMORY_NAMES, make_inputs, mc_kwargs
-from tolerances import assert_close
+from tests.helpers.op_inputs import AGGREGATION_NAMES, MEMORY_NAMES, make_inputs, mc_kwargs
+from tests.helpers.tolerances import assert_close
 
 LAYOUTS = [("constant", "independent"), ("constant", "checkpoint"), ("log", "independent"), ("log", "checkpoint")]
 COVER = [(m, a, LAYOUTS[(i + j) % 4]) for i, m in enumerate(MEMORY_NAMES) for j, a in enumerate(AGGREGATION_NAMES)]
