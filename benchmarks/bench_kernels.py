@@ -32,7 +32,6 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 if __package__ in (None, ""):  # run as a script: make ``benchmarks`` and ``mc_jax`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -40,9 +39,11 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` and ``mc_j
 from benchmarks.bench_ops import make_inputs  # noqa: E402
 from benchmarks.hlo_cost import HloCost, memory_bytes  # noqa: E402
 from mc_jax.kernels import cache_read, chunk_state  # noqa: E402
-from mc_jax.ops import memory_caching  # noqa: E402
 from mc_jax.ops import aggregation as agg
-from mc_jax.ops import reads
+from mc_jax.ops import (
+    memory_caching,  # noqa: E402
+    reads,
+)
 from mc_jax.ops.memories import get_memory, linear
 
 PRESETS = {

@@ -25,7 +25,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -38,10 +37,10 @@ from benchmarks.bench_ops import dense_matmul_gflops, machine_info, make_inputs,
 from benchmarks.hlo_cost import HloCost, memory_bytes  # noqa: E402
 from mc_jax.ops import aggregation as agg  # noqa: E402
 from mc_jax.ops import memory_caching  # noqa: E402
-from mc_jax.ops.memories import complete_gates, get_memory, initial_state  # noqa: E402
 from mc_jax.ops.aggregation import pool_keys  # noqa: E402
-from mc_jax.ops.stages import READ_BUDGET, compress_independent, to_runs, xla_state_pass  # noqa: E402
+from mc_jax.ops.memories import complete_gates, get_memory, initial_state  # noqa: E402
 from mc_jax.ops.reads import dense_mix  # noqa: E402
+from mc_jax.ops.stages import READ_BUDGET, compress_independent, to_runs, xla_state_pass  # noqa: E402
 
 
 def stages(b, t, h, dk, dv, size, chunk):

@@ -18,8 +18,8 @@ from mc_jax import _xla_cpu
 
 _xla_cpu.apply()  # before anything creates JAX's CPU backend (an XLA:CPU miscompilation in jaxlib 0.10)
 
-from mc_jax import ops  # noqa: E402
-from mc_jax import dispatch  # noqa: E402,F401  (installs the impl planner of ops.memory_caching: kernels, auto policy)
+# dispatch installs the impl planner of ops.memory_caching (kernels, the auto policy)
+from mc_jax import dispatch, ops  # noqa: E402,F401
 from mc_jax.ops import memory_caching  # noqa: E402
 
 _LAZY = {  # public name -> module that defines it (imported on first access)

@@ -22,7 +22,6 @@ from mc_jax.train import Checkpointer, make_optimizer, split_model, train
 from tests.helpers.tolerances import TOLERANCES
 from tests.helpers.train_helpers import tiny_config
 
-
 generate_mod = importlib.import_module("mc_jax.models.generate")  # (the package re-exports a function of that name)
 step_mod = importlib.import_module("mc_jax.train.step")
 

@@ -75,8 +75,8 @@ def run_command(cmd: list[str]) -> str | None:
     """Run one README command in-process (shortened); returns its stdout, or ``None`` when it is not run here."""
     from mc_jax.data.prepare import main as prepare_main
     from mc_jax.eval.cli import main as eval_main
-    from tools.device_memory import main as memory_main
     from mc_jax.train.cli import main as train_main
+    from tools.device_memory import main as memory_main
 
     env, cmd = _split_env(cmd)
     for key, value in env.items():

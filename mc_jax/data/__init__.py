@@ -20,6 +20,7 @@ from mc_jax.data.niah import (
     evenly_spaced_depths,
     generate_niah,
 )
+from mc_jax.data.pipeline import PipelineConfig, build_dataset, make_dataset, make_iterator
 from mc_jax.data.stacked_mqar import (
     StackedMQARConfig,
     StackedMQARSource,
@@ -29,7 +30,6 @@ from mc_jax.data.stacked_mqar import (
     split_pair_codes,
     stacked_mqar_example,
 )
-from mc_jax.data.pipeline import PipelineConfig, build_dataset, make_dataset, make_iterator
 from mc_jax.data.text import (
     PackedTokenSource,
     load_tiny_corpus,

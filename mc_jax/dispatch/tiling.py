@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from mc_jax.kernels.cache_read.config import default_block_q
 from mc_jax.kernels._common import resolve_strategy
+from mc_jax.kernels.cache_read.config import default_block_q
 from mc_jax.ops.stages import READ_BUDGET
 from mc_jax.ops.utils import largest_divisor_at_most
 

@@ -18,8 +18,8 @@ import numpy as np
 from flax import nnx
 
 from mc_jax.config import ModelConfig
-from mc_jax.pair_codes import split_pair_codes
 from mc_jax.layers.mlp import dense
+from mc_jax.pair_codes import split_pair_codes
 from mc_jax.typing import Array, Float, Int
 
 

@@ -25,8 +25,8 @@ after saving a checkpoint (resume command printed); 130 a second SIGINT / SIGTER
 from __future__ import annotations
 
 import argparse
-import logging
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -34,7 +34,6 @@ from mc_jax.cli_common import add_overrides, parse_args, quiet_logs
 from mc_jax.configs_util import apply_overrides
 from mc_jax.files import write_json_atomic
 from mc_jax.train.checkpoint import CheckpointError, read_run_file
-from mc_jax.train.distributed import initialize_from_env
 from mc_jax.train.config import (
     DEFAULT_PRESET,
     RECALL_TASKS,
@@ -46,6 +45,7 @@ from mc_jax.train.config import (
     load_run_config,
 )
 from mc_jax.train.data import DataError
+from mc_jax.train.distributed import initialize_from_env
 from mc_jax.train.loop import (
     CURVES_FILE,
     EXIT_INTERRUPTED,

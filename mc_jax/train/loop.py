@@ -39,8 +39,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -54,7 +54,6 @@ from jax.experimental import multihost_utils
 from mc_jax.files import append_log, describe_storage_error, not_a_directory, unwritable_reason, write_json_atomic
 from mc_jax.models import abstract_model, count_params, create_model
 from mc_jax.parallel.mesh import mesh_for_run
-from mc_jax.train.sharding import TrainSharding, data_shard, init_state
 from mc_jax.train.checkpoint import (
     CKPT_SUBDIR,
     ERROR_LOG,
@@ -84,6 +83,7 @@ from mc_jax.train.data import TaskData, build_task_data
 from mc_jax.train.metrics import METRICS_FILE, JobProgress, MetricsLogger, read_metrics
 from mc_jax.train.optim import make_optimizer, make_schedule
 from mc_jax.train.runinfo import finish_session, public, session_info
+from mc_jax.train.sharding import TrainSharding, data_shard, init_state
 from mc_jax.train.step import (
     evaluate_batches,
     make_train_step,

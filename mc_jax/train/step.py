@@ -19,8 +19,8 @@ import optax
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from mc_jax.models.loss import token_stats
 from mc_jax.models import LanguageModel
+from mc_jax.models.loss import token_stats
 from mc_jax.train.sharding import TrainSharding
 
 Batch = dict[str, Any]  # {"inputs": int32[B, L], "labels": int32[B, L]}

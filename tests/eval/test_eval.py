@@ -27,7 +27,6 @@ from mc_jax.eval.cli import main as eval_main
 from mc_jax.eval.metrics import score_rows
 from mc_jax.models import PureModel, create_model, generate
 from mc_jax.train import CheckpointError, train
-
 from tests.helpers.train_helpers import tiny_config  # the tiny run config shared with tests/train and tests/parallel
 
 

@@ -7,7 +7,6 @@ import json
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from tests.helpers.tolerances import assert_close
 
 from mc_jax.data import (
     IGNORE_INDEX,
@@ -30,7 +29,7 @@ from mc_jax.eval.cli import main as eval_main
 from mc_jax.eval.metrics import _check_pair_tables
 from mc_jax.models import PureModel, create_model
 from mc_jax.train import train
-
+from tests.helpers.tolerances import assert_close
 from tests.helpers.train_helpers import stacked_config, tiny_config  # the tiny run configs shared with tests/train
 
 CFG = StackedMQARConfig(num_kv_pairs=4, num_keys=16, num_values=16)

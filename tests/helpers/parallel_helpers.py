@@ -8,14 +8,13 @@ import functools
 import jax
 import numpy as np
 
-from tests.helpers.train_helpers import tiny_config  # noqa: E402
-
 from mc_jax.data import MQARSource  # noqa: E402
 from mc_jax.models import create_model  # noqa: E402
 from mc_jax.parallel import MeshConfig, make_mesh  # noqa: E402
-from mc_jax.train.sharding import TrainSharding  # noqa: E402
 from mc_jax.train.optim import make_optimizer  # noqa: E402
+from mc_jax.train.sharding import TrainSharding  # noqa: E402
 from mc_jax.train.step import make_train_step, reshape_for_accum, split_model  # noqa: E402
+from tests.helpers.train_helpers import tiny_config  # noqa: E402
 
 # MC (titans: learned W_0 split over heads) + attention, untied head, stacked layers: every rule of the table is used.
 # AdamW's eps is raised to 1e-3 so that an update is a smooth function of its gradient: with eps=1e-8 the first

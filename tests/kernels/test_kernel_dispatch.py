@@ -6,13 +6,12 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from mc_jax.ops import memory_caching
-from tests.helpers.op_inputs import make_inputs, mc_kwargs
-from tests.helpers.tolerances import assert_close
-
 from mc_jax.dispatch import KERNELS, resolve_impl
 from mc_jax.dispatch.policy import ALGORITHMS
+from mc_jax.ops import memory_caching
 from mc_jax.ops.memories import get_memory
+from tests.helpers.op_inputs import make_inputs, mc_kwargs
+from tests.helpers.tolerances import assert_close
 
 # (memory, aggregation, segmentation, init, segment_size): ssc with 2-token segments takes the sparse read (a block
 # of 2 queries x top_k=1 < 19 cached states); with 8-token segments it takes the dense read kernel.

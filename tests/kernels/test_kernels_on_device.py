@@ -15,9 +15,10 @@ from mc_jax.kernels.cache_read import dense_mix, slot_indices, sparse_mix
 from mc_jax.kernels.chunk_state import state_pass
 from mc_jax.ops import memory_caching, reads
 from mc_jax.ops.memories import linear
-from tests.helpers.op_inputs import make_inputs, mc_kwargs
 from tests.helpers.kernel_inputs import compare, linear_inputs, value_and_vjp
-from tests.kernels.test_cache_read import SPEC, _inputs as read_inputs
+from tests.helpers.op_inputs import make_inputs, mc_kwargs
+from tests.kernels.test_cache_read import SPEC
+from tests.kernels.test_cache_read import _inputs as read_inputs
 
 pytestmark = [
     pytest.mark.device,

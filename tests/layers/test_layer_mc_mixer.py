@@ -6,12 +6,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from tests.helpers.tolerances import assert_close
-
 from mc_jax.config import MixerConfig, ModelConfig
 from mc_jax.layers.block import MIXERS, Block, make_mixer
 from mc_jax.layers.mc_mixer import MCMixer
-from tests.helpers.tolerances import assert_allclose
+from tests.helpers.tolerances import assert_allclose, assert_close
 
 
 def config(**mixer):

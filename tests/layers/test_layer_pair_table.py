@@ -8,13 +8,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from tests.helpers.tolerances import assert_close
 
 from mc_jax.config import MixerConfig, ModelConfig
 from mc_jax.data import StackedMQARConfig, StackedMQARSource, pair_codes
 from mc_jax.layers.pair_table import PairTableIO, pair_tables, unit_table
 from mc_jax.models import PureModel, count_params, create_model
 from mc_jax.train.optim import param_path
+from tests.helpers.tolerances import assert_close
 
 NK, NV, D = 12, 10, 8
 CONFIG = ModelConfig(inputs="pair_table", vocab_size=NV, num_keys=NK, d_model=D, num_layers=1, num_heads=1,

@@ -12,10 +12,10 @@ import jax
 import jax.numpy as jnp
 import optax
 import pytest
-from tests.helpers.model_helpers import tiny, tokens
 
 from mc_jax.models.generate import _decode, decode, prefill
 from mc_jax.models.pure import PureModel
+from tests.helpers.model_helpers import tiny, tokens
 from tests.helpers.tolerances import assert_allclose
 
 PROMPT, TOTAL = 7, 20

@@ -4,10 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from tests.helpers.model_helpers import tiny, tokens
 
 from mc_jax.models.generate import _generate, generate, sample_token
 from mc_jax.models.pure import PureModel
+from tests.helpers.model_helpers import tiny, tokens
 from tests.helpers.tolerances import assert_allclose
 
 LENGTHS, NEW = [5, 2, 7], 6

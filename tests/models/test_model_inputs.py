@@ -4,11 +4,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from tests.helpers.model_helpers import tiny
 
 from mc_jax.models.generate import decode, prefill
 from mc_jax.models.lm import LanguageModel
 from mc_jax.models.pure import PureModel
+from tests.helpers.model_helpers import tiny
 
 
 @pytest.fixture(scope="module")

@@ -2,18 +2,18 @@
 the layer stack (scan == loop, compiles once, remat), bf16 compute, and the pure-function view."""
 
 import jax
-import optax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
-from tests.helpers.model_helpers import tiny, tokens
 
 from mc_jax.layers.block import Unit
 from mc_jax.layers.gates import GATES
 from mc_jax.models.lm import LanguageModel, count_params, param_summary
 from mc_jax.models.pure import PureModel, apply
 from mc_jax.ops import memory_caching
+from tests.helpers.model_helpers import tiny, tokens
 from tests.helpers.tolerances import assert_allclose
 
 

@@ -16,9 +16,8 @@ import pytest
 from mc_jax.ops import aggregation as agg
 from mc_jax.ops.memories import get_memory
 from mc_jax.ops.reads import blocked_mix, dense_mix
-from mc_jax.ops.reads_causal import (causal_read, residual_blocked_read, residual_prefix_read, sparse_read,
+from mc_jax.ops.reads_causal import causal_read, residual_blocked_read, residual_prefix_read, sparse_read, weighted_read
 from tests.helpers.tolerances import assert_close
-                                     weighted_read)
 
 B, H, DK, DV, F = 2, 2, 4, 3, 5
 SIZE, N = 2, 8  # 8 segments of 2 tokens

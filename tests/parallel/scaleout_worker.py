@@ -16,10 +16,9 @@ settings = initialize_from_env()  # before any device is touched
 
 import jax  # noqa: E402
 
-from tests.helpers.parallel_helpers import loop_config  # noqa: E402
-
 from mc_jax.train import train  # noqa: E402
 from mc_jax.train.checkpoint import Checkpointer  # noqa: E402
+from tests.helpers.parallel_helpers import loop_config  # noqa: E402
 
 
 def main() -> None:

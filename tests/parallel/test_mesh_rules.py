@@ -5,16 +5,16 @@ from __future__ import annotations
 import jax
 import pytest
 from jax.sharding import PartitionSpec as P
-from tests.helpers.parallel_helpers import parallel_config
 
 from mc_jax.config import MixerConfig, ModelConfig
 from mc_jax.models import abstract_model
 from mc_jax.parallel import MeshConfig, make_mesh, mesh_for_run
-from mc_jax.train.distributed import initialize_from_env, resolve_settings
 from mc_jax.parallel.mesh import abstract_mesh
 from mc_jax.parallel.rules import logical_to_spec, param_logical_axes, param_specs
+from mc_jax.train.distributed import initialize_from_env, resolve_settings
 from mc_jax.train.optim import param_path
 from mc_jax.train.step import split_model
+from tests.helpers.parallel_helpers import parallel_config
 
 
 # ---- MeshConfig ------------------------------------------------------------------------------------------------------

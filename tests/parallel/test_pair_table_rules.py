@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
-from tests.helpers.tolerances import assert_close
 
 from mc_jax.config import MixerConfig, ModelConfig
 from mc_jax.data import StackedMQARConfig, StackedMQARSource
@@ -19,6 +18,7 @@ from mc_jax.parallel.mesh import abstract_mesh
 from mc_jax.parallel.rules import param_logical_axes, param_specs
 from mc_jax.train.optim import param_path
 from mc_jax.train.step import merge_model, split_model
+from tests.helpers.tolerances import assert_close
 
 BASE = ModelConfig(inputs="pair_table", vocab_size=16, num_keys=16, d_model=16, num_layers=2, num_heads=2,
                    mixer=MixerConfig(kind="mc", memory="linear", aggregation="grm", segment_size=2))

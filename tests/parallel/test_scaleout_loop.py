@@ -14,13 +14,13 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from tests.helpers.parallel_helpers import LOOP_OVERRIDES, STEPS, loop_config
-from tests.helpers.tolerances import assert_close
 
 from mc_jax.models import abstract_model
 from mc_jax.train import Checkpointer, read_metrics, train
 from mc_jax.train.cli import main
 from mc_jax.train.step import split_model
+from tests.helpers.parallel_helpers import LOOP_OVERRIDES, STEPS, loop_config
+from tests.helpers.tolerances import assert_close
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import jax
 import numpy as np
-from tests.helpers.parallel_helpers import parallel_config, run_steps, setup
-from tests.helpers.tolerances import assert_close
 
 from mc_jax.train import Checkpointer
 from mc_jax.train.optim import param_path
+from tests.helpers.parallel_helpers import parallel_config, run_steps, setup
+from tests.helpers.tolerances import assert_close
 
 MESH_A, MESH_B = (1, 8, 1), (2, 2, 2)  # FSDP over 8 -> data x fsdp x tensor
 

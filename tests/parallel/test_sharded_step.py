@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
-from tests.helpers.parallel_helpers import parallel_config, run_steps, setup
-from tests.helpers.tolerances import assert_close
 
 from mc_jax.models import abstract_model, create_model
 from mc_jax.ops import memory_caching
 from mc_jax.parallel import MeshConfig, make_mesh
 from mc_jax.parallel.shard_op import sharded_memory_caching
-from mc_jax.train.sharding import TrainSharding, init_state
 from mc_jax.train.optim import make_optimizer, param_path
+from mc_jax.train.sharding import TrainSharding, init_state
 from mc_jax.train.step import split_model
+from tests.helpers.parallel_helpers import parallel_config, run_steps, setup
+from tests.helpers.tolerances import assert_close
 
 MESHES = {"fsdp8": (1, 8, 1), "data4_tensor2": (4, 1, 2), "data2_fsdp2_tensor2": (2, 2, 2)}
 # Pure data parallelism (data=8) runs in test_scaleout_loop.py (resumed on data=8, compared with data x fsdp x tensor).

@@ -9,13 +9,18 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
+
+from mc_jax.eval.cli import main as eval_main
+from mc_jax.train import Checkpointer, CheckpointError, read_metrics, train
+from mc_jax.train.checkpoint import MANIFEST, SET_ASIDE_SUBDIR, manifest_problem
+from mc_jax.train.cli import main as train_main
+from mc_jax.train.loop import EXIT_PREEMPTED, RunDirError
 from tests.helpers.faults import (
     ERROR_LOG,
     REPO,
@@ -30,14 +35,7 @@ from tests.helpers.faults import (
     read_only_bind,
     train_cmd,
 )
-
 from tests.helpers.train_helpers import tiny_config
-
-from mc_jax.eval.cli import main as eval_main
-from mc_jax.train import Checkpointer, CheckpointError, read_metrics, train
-from mc_jax.train.checkpoint import MANIFEST, SET_ASIDE_SUBDIR, manifest_problem
-from mc_jax.train.cli import main as train_main
-from mc_jax.train.loop import EXIT_PREEMPTED, RunDirError
 
 SHORT = ("train.steps=4", "train.ckpt_every=2", "train.keep=3")
 

@@ -13,13 +13,12 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from tests.helpers.train_helpers import tiny_config
 
 from mc_jax.configs_util import to_dict
 from mc_jax.models import create_model
 from mc_jax.train import (
-    CheckpointError,
     Checkpointer,
+    CheckpointError,
     DataError,
     NonFiniteLossError,
     RunDirError,
@@ -28,6 +27,7 @@ from mc_jax.train import (
 )
 from mc_jax.train.optim import make_optimizer
 from mc_jax.train.step import split_model
+from tests.helpers.train_helpers import tiny_config
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -9,7 +9,6 @@ import json
 import math
 import re
 import struct
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +17,6 @@ from mc_jax.data.prepare import main as prepare_main
 from mc_jax.eval.cli import main as eval_main
 from mc_jax.train import train
 from mc_jax.train.metrics import JobProgress, MetricsLogger, read_metrics
-
 from tests.helpers.train_helpers import tiny_config
 
 

@@ -7,7 +7,6 @@ import shutil
 
 import numpy as np
 import pytest
-from tests.helpers.train_helpers import stacked_config, tiny_config
 
 from mc_jax.data import StackedMQARSource
 from mc_jax.models import count_params, create_model
@@ -16,6 +15,7 @@ from mc_jax.train.cli import format_table
 from mc_jax.train.config import TaskConfig, baseline_config, load_run_config
 from mc_jax.train.data import DataError, build_task_data
 from mc_jax.train.loop import TrainResult
+from tests.helpers.train_helpers import stacked_config, tiny_config
 
 
 # ---- config refusals -------------------------------------------------------------------------------------------------

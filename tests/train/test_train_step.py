@@ -7,13 +7,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from tests.helpers.train_helpers import tiny_config
 
 from mc_jax.data import IGNORE_INDEX, MQARSource
 from mc_jax.models import abstract_model, create_model
 from mc_jax.train.optim import decay_mask, make_optimizer, make_schedule, param_path
 from mc_jax.train.step import make_train_step, reshape_for_accum, split_model
 from tests.helpers.tolerances import assert_allclose
+from tests.helpers.train_helpers import tiny_config
 
 
 def _batch(config, n, seed=3):

@@ -18,7 +18,6 @@ Kernel layout (prepared by ``api``): x ``[BH, T, dk]``, gamma ``[BH, J, T, 1]`` 
 from __future__ import annotations
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
