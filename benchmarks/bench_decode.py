@@ -54,7 +54,8 @@ def filled_cache(memory, aggregation, segmentation, size, b, h, d, context, capa
     filled = jnp.arange(cache.capacity) < n
     if segmentation == "log":
         filled = ((context // size) >> jnp.arange(cache.capacity)) & 1 == 1
-    rand = lambda s: 0.05 * jax.random.normal(key, s.shape, s.dtype) * filled.reshape((-1,) + (1,) * (s.ndim - 3))  # b h m ...
+    rand = lambda s: 0.05 * jax.random.normal(key, s.shape, s.dtype) * filled.reshape(  # b h m ...
+        (-1,) + (1,) * (s.ndim - 3))
     cache = dataclasses.replace(cache, position=jnp.int32(context), slots=jax.tree.map(rand, cache.slots),
                                 slot_keys=rand(cache.slot_keys), slot_valid=filled)
     return jax.tree.map(jnp.copy, cache)  # distinct buffers (online and initial share one): the cache is donated

@@ -170,7 +170,8 @@ def _e2e_case(c, memory, aggregation, grad, key, pallas_impl="pallas"):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu" if jax.default_backend() == "cpu" else "issue")
+    parser.add_argument("--preset", choices=sorted(PRESETS),
+                        default="cpu" if jax.default_backend() == "cpu" else "issue")
     parser.add_argument("--ops", default="chunk_state,cache_dense,cache_sparse")
     parser.add_argument("--memory", default="delta", choices=("linear", "gated_linear", "delta", "dla", "titans"),
                         help="chunk_state: a linear-family memory; e2e: any memory")
@@ -198,7 +199,8 @@ def _run(args):
     record = dict(backend=jax.default_backend(), device=str(jax.devices()[0].device_kind), jax=jax.__version__,
                   host=platform.node(), preset=args.preset, memory=args.memory, aggregation=args.aggregation,
                   grad=args.grad,
-                  precision=args.precision, pallas_impl=args.pallas_impl, pallas_timing="interpret-mode (not meaningful)" if on_cpu else "native", results=[])
+                  precision=args.precision, pallas_impl=args.pallas_impl,
+                  pallas_timing="interpret-mode (not meaningful)" if on_cpu else "native", results=[])
     key = jax.random.key(0)
     header = (f"{'op':<13}{'B':>3}{'T':>7}{'H':>4}{'D':>5}{'seg':>6}{'k':>3}{'xla ms':>10}{'pallas ms':>11}"
               f"{'speedup':>9}{'xla MiB':>9}{'pal MiB':>9}{'xla TF/s':>9}{'Mtok/s':>8}{'err':>10}")

@@ -74,7 +74,7 @@ def _split_instruction(line: str) -> _Instr | None:
     rest = rest.strip()
     if rest.startswith("("):  # tuple type
         depth = 0
-        for i, ch in enumerate(rest):
+        for i, ch in enumerate(rest):  # noqa: B007 (i is used after the loop)
             depth += ch == "("
             depth -= ch == ")"
             if depth == 0:
@@ -84,7 +84,7 @@ def _split_instruction(line: str) -> _Instr | None:
         type_text, _, rest = rest.partition(" ")
     opcode, _, tail = rest.partition("(")
     depth, i = 1, 0
-    for i, ch in enumerate(tail):
+    for i, ch in enumerate(tail):  # noqa: B007 (i is used after the loop)
         depth += ch == "("
         depth -= ch == ")"
         if depth == 0:

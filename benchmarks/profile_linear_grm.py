@@ -5,7 +5,8 @@ timed here on its own, forward and forward+backward, with the same loop-correcte
 
   state    ``stages.compress_independent``: every segment an independent chunk-wise run -> chunk data + finals
   online   ``memories.read_online``: the online read of every token (intra-chunk attention + chunk-start state)
-  weights  pooled keys, router logits ``<u_t, pool(K_i)>`` and the softmax (``stages.pooled_keys`` / ``cached_constant`` inlined)
+  weights  pooled keys, router logits ``<u_t, pool(K_i)>`` and the softmax (``stages.pooled_keys`` / ``cached_constant``
+           inlined)
   read     ``reads.dense_mix``: ``sum_i gamma[t, i] q_t^T S_i`` over the stack of cached states
 
 and, for comparison, two read formulations that are *not* in ``mc_jax`` (candidates for the fix):

@@ -59,7 +59,7 @@ for step in range(1, 31):
         print(f"step {step}: loss {float(loss):.3f}")
 
 # %% Save: the same checkpoint format train.py writes (orbax), with the config
-from mc_jax.train import Checkpointer, RunConfig, split_model
+from mc_jax.train import Checkpointer, RunConfig, split_model  # noqa: E402
 
 trained = pure.merge(params)                               # back to a flax.nnx module
 _, param_dict, _ = split_model(trained)

@@ -314,4 +314,5 @@ class ModelConfig:
         return dataclasses.replace(self, **changes)
 
 
-__all__ = ["DTYPES", "FEATURE_MAPS", "INPUTS", "MIXER_KINDS", "MixerConfig", "ModelConfig", "RECURRENT_KINDS", "is_deep"]
+__all__ = ["DTYPES", "FEATURE_MAPS", "INPUTS", "MIXER_KINDS", "MixerConfig", "ModelConfig", "RECURRENT_KINDS",
+           "is_deep"]

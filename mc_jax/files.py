@@ -152,6 +152,6 @@ def append_log(path: str | os.PathLike[str], text: str) -> Path | None:
 
 
 __all__ = [
-    "append_log", "describe_storage_error", "find_os_error", "nearest_existing", "not_a_directory", "read_json", "storage_problem",
-    "unwritable_reason", "write_bytes_atomic", "write_json_atomic", "write_text_atomic",
+    "append_log", "describe_storage_error", "find_os_error", "nearest_existing", "not_a_directory", "read_json",
+    "storage_problem", "unwritable_reason", "write_bytes_atomic", "write_json_atomic", "write_text_atomic",
 ]

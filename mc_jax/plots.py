@@ -39,8 +39,9 @@ def _series(records: Sequence[Mapping[str, Any]], split: str, key: str) -> tuple
 
 def plot_training_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: str | os.PathLike[str], *,
                          title: str) -> Path | None:
-    """Loss (left; log scale when the losses span more than two decades) and accuracy (right) against the step, for every ``{label: metrics records}`` run:
-    training records as lines, held-out evaluations as markers on a dashed line of the same colour."""
+    """Loss (left; log scale when the losses span more than two decades) and accuracy (right) against the step, for
+    every ``{label: metrics records}`` run: training records as lines, held-out evaluations as markers on a dashed line
+    of the same colour."""
     fig, (ax_loss, ax_acc) = _figure(11, 4.2, ncols=2)
     if fig is None:
         return None

@@ -26,7 +26,7 @@ generate_mod = importlib.import_module("mc_jax.models.generate")  # (the package
 step_mod = importlib.import_module("mc_jax.train.step")
 
 
-# ---- compile once ------------------------------------------------------------------------------------------------------
+# ---- compile once ----------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("accum", [1, 2])
 def test_the_training_step_compiles_once(tmp_path, monkeypatch, accum):
     chex.clear_trace_counter()
@@ -52,7 +52,7 @@ def test_the_decode_step_compiles_once(monkeypatch):
     chex.assert_tree_all_finite(logits)
 
 
-# ---- exact resumption as pytrees ----------------------------------------------------------------------------------------
+# ---- exact resumption as pytrees -------------------------------------------------------------------------------------
 def _restore(run_dir: Path, config, step: int):
     model = create_model(config.model, seed=0)
     _, params, _ = split_model(model)

@@ -52,7 +52,8 @@ def imports(path: Path, name: str) -> list[tuple[str, int]]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1]
+                                + ([base] if base else []))
             found.append((base, node.lineno))
             found += [(f"{base}.{a.name}", node.lineno) for a in node.names]
     return [(m, line) for m, line in found if m == "mc_jax" or m.startswith("mc_jax.")]

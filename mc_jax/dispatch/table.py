@@ -1,7 +1,8 @@
 """The implementation table: per stage of Memory Caching, an ordered list of algorithms ending in the XLA one.
 
 A stage's implementation at trace time is the first *enabled* entry whose ``applies`` holds for the call (it gets
-the stage's arguments and decides on static facts: shapes, settings); the XLA entry always applies. Entries of ``state_pass`` take ``(spec, k, v, gates, state, chunk, valid)``;
+the stage's arguments and decides on static facts: shapes, settings); the XLA entry always applies. Entries of
+``state_pass`` take ``(spec, k, v, gates, state, chunk, valid)``;
 entries of ``read_dense`` ``(spec, what, stack, gamma, available, x, *, block, segment_size, aggregation, top_k)``;
 entries of ``read_blocked`` ``(spec, what, stacks, gamma, available, x, *, aggregation)`` (see
 :class:`mc_jax.ops.stages.Stages`).

@@ -93,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=positive_int, default=None, help="--text: score at most this many tokens")
     p.add_argument("--seq-len", type=positive_int, default=None, help="window length for --text (default: the run's)")
     p.add_argument("--mqar", action="store_true",
-                   help="MQAR accuracy (stacked MQAR for a pair-table model; the run's task settings unless overridden)")
+                   help="MQAR accuracy (stacked MQAR for a pair-table model; "
+                        "the run's task settings unless overridden)")
     p.add_argument("--mqar-kv", type=positive_int, default=None, help="key-value pairs per sequence")
     p.add_argument("--mqar-len", type=positive_int, default=None, help="token MQAR sequence length (stacked: 2 x kv)")
     p.add_argument("--examples", type=positive_int, default=None,

@@ -105,7 +105,7 @@ def _check_vocab(pure: PureModel, data_vocab: int, what: str) -> None:
                         f"{pure.config.vocab_size}")
 
 
-# ---- perplexity --------------------------------------------------------------------------------------------------------
+# ---- perplexity ------------------------------------------------------------------------------------------------------
 TEXT_SPLITS = ("val", "train", "all")
 
 
@@ -153,7 +153,7 @@ def text_perplexity(pure: PureModel, state: Any, path: str | os.PathLike[str] | 
             "seq_len": src.seq_len, "split": split}
 
 
-# ---- MQAR --------------------------------------------------------------------------------------------------------------
+# ---- MQAR ------------------------------------------------------------------------------------------------------------
 def mqar_accuracy(pure: PureModel, state: Any, config: MQARConfig, *, num_examples: int = 512, seed: int = EVAL_SEED,
                   batch_size: int = 64, progress: bool = False) -> dict[str, float]:
     """Accuracy over MQAR query positions (Zoology's metric) and the fraction of sequences with every query right."""
@@ -182,7 +182,7 @@ def mqar_demo(pure: PureModel, state: Any, config: MQARConfig, *, seed: int = 7,
     return "\n".join(lines)
 
 
-# ---- stacked MQAR ------------------------------------------------------------------------------------------------------
+# ---- stacked MQAR ----------------------------------------------------------------------------------------------------
 def _check_pair_tables(pure: PureModel, config: StackedMQARConfig) -> None:
     m = pure.config
     if m.inputs != "pair_table":
@@ -249,7 +249,7 @@ def stacked_mqar_demo(pure: PureModel, state: Any, config: StackedMQARConfig, *,
     return "\n".join(lines)
 
 
-# ---- NIAH --------------------------------------------------------------------------------------------------------------
+# ---- NIAH ------------------------------------------------------------------------------------------------------------
 def _niah_decode_exact(pure: PureModel, state: Any, src: NIAHSource, batch_size: int) -> np.ndarray:
     """Greedy-decode each answer from its prompt and compare (the slow, literal check)."""
     n_ans = src.config.answer_len
@@ -326,7 +326,7 @@ def niah_demo(pure: PureModel, state: Any, config: NIAHConfig, *, seed: int = EV
             "answer": ex.value}
 
 
-# ---- generation --------------------------------------------------------------------------------------------------------
+# ---- generation ------------------------------------------------------------------------------------------------------
 def generate_text(pure: PureModel, state: Any, prompt: str, *, max_new_tokens: int = 64, temperature: float = 0.0,
                   top_p: float = 1.0, seed: int = 0, tokenizer: Tokenizer | None = None) -> str:
     """Continue ``prompt`` and return the generated text only (greedy at ``temperature=0``, else sampled from the

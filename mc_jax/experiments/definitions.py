@@ -87,7 +87,7 @@ def e1_search(quick: bool) -> Plan:
                         "aggregation (grm, ssc top_k 2) x key pooling")])
 
 
-# ---- E2: token MQAR, full block ----------------------------------------------------------------------------------------
+# ---- E2: token MQAR, full block --------------------------------------------------------------------------------------
 def e2(quick: bool) -> Plan:
     base = _quick_train() if quick else ()
     models = [Job("e2", name, "train_token_mqar", base + ov, 0)
@@ -97,7 +97,7 @@ def e2(quick: bool) -> Plan:
                 notes=["token MQAR (mc_jax/configs/train_token_mqar.py: 2 layers, d_model 64, full GLA-style block)"])
 
 
-# ---- E3: needle in a haystack, incl. post-training MC ---------------------------------------------------------------------
+# ---- E3: needle in a haystack, incl. post-training MC ----------------------------------------------------------------
 def e3(quick: bool) -> Plan:
     needles = ("passkey",) if quick else ("passkey", "number", "uuid")
     seq = 64 if quick else 256
@@ -121,7 +121,7 @@ def e3(quick: bool) -> Plan:
                        "the MC model with a zero router (uniform average, no new parameters), no fine-tuning")])
 
 
-# ---- E4: character-level language modelling ----------------------------------------------------------------------------
+# ---- E4: character-level language modelling --------------------------------------------------------------------------
 def e4(quick: bool) -> Plan:
     path = str(SHAKESPEARE) if SHAKESPEARE.exists() else ""
     base = (_quick_train() if quick else ("train.steps=1500",)) + (
@@ -135,7 +135,7 @@ def e4(quick: bool) -> Plan:
                 notes=[f"byte-level LM on {corpus}, tiny preset (2 layers, d_model 64), equal tokens"])
 
 
-# ---- E5: ablation (the paper's Table 5, on stacked MQAR kv = 32) -----------------------------------------------------------
+# ---- E5: ablation (the paper's Table 5, on stacked MQAR kv = 32) -----------------------------------------------------
 def e5(quick: bool) -> Plan:
     base = _quick_train() + _kv(8) if quick else _kv(32)
     variants = {"grm": (), "residual": ("model.mixer.aggregation=residual",),

@@ -211,7 +211,8 @@ def write(name: str, outcomes: list[Outcome], notes: list[str], results_dir: Pat
                       *[f"- {v}" for v in verdict(name, summary)]]) + "\n"
     (folder / "table.md").write_text(text)
     pngs = plots(name, summary, folder)
-    (folder / "summary.json").write_text(json.dumps({"summary": summary, "notes": notes, "plots": [p.name for p in pngs]},
+    (folder / "summary.json").write_text(json.dumps({"summary": summary, "notes": notes,
+                                                     "plots": [p.name for p in pngs]},
                                                     indent=1, default=float))
     return summary
 

@@ -10,4 +10,5 @@ from mc_jax.ops.memories import MEMORIES
 from mc_jax.ops.memory_caching import init_cache, memory_caching
 from mc_jax.ops.segmentation import SEGMENTATIONS, cached_ranges
 
-__all__ = ["AGGREGATIONS", "CacheConfig", "MEMORIES", "MCCache", "SEGMENTATIONS", "cached_ranges", "init_cache", "memory_caching"]
+__all__ = ["AGGREGATIONS", "CacheConfig", "MEMORIES", "MCCache", "SEGMENTATIONS", "cached_ranges", "init_cache",
+           "memory_caching"]

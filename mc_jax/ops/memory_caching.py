@@ -116,7 +116,8 @@ def _check_settings(aggregation, segmentation, segment_size, top_k, init, pool, 
         if not isinstance(top_k, int) or top_k < 1:
             raise ValueError(f"aggregation='ssc' needs top_k >= 1 (cached memories kept per token); got {top_k!r}")
     elif top_k is not None:
-        raise ValueError(f"top_k is only used by aggregation='ssc'; drop it or use ssc (got aggregation={aggregation!r})")
+        raise ValueError(f"top_k is only used by aggregation='ssc'; drop it or use ssc "
+                         f"(got aggregation={aggregation!r})")
 
 
 def _check_cache(cache: MCCache, expected: CacheConfig, params, shape: tuple[int, int, int, int],

@@ -129,7 +129,7 @@ def naive_memory_caching(q, k, v, u, gates, init_state, spec: MemorySpec, *, agg
                 # rank of each cached logit, largest first (ties: the older segment first)
                 rank = jnp.argsort(jnp.argsort(-jnp.stack(logits, -1), axis=-1, stable=True), axis=-1, stable=True)
                 keep = [rank[..., i] < top_k for i in range(len(logits))]
-            all_logits = jnp.stack([logit_on] + [jnp.where(m, l, -jnp.inf) for l, m in zip(logits, keep)], -1)
+            all_logits = jnp.stack([logit_on] + [jnp.where(m, logit, -jnp.inf) for logit, m in zip(logits, keep)], -1)
             weights = jax.nn.softmax(all_logits, axis=-1)
             gamma_on, gammas = weights[..., 0], [weights[..., i + 1] for i in range(len(mems))]
         if aggregation == "soup":

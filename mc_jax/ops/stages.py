@@ -56,7 +56,8 @@ class Stages(NamedTuple):
 
     ``state_pass(spec, k, v, gates, state, chunk, valid) -> (chunk_data, final)`` (:func:`xla_state_pass`);
     ``read_dense(spec, what, stack, gamma, available, x, *, block, segment_size, aggregation, top_k)``;
-    ``read_blocked(spec, what, stacks, gamma, available, x, *, aggregation)``. :mod:`mc_jax.dispatch` builds these per call.
+    ``read_blocked(spec, what, stacks, gamma, available, x, *, aggregation)``. :mod:`mc_jax.dispatch` builds these per
+    call.
     """
 
     state_pass: Callable = xla_state_pass
@@ -113,7 +114,8 @@ class Compressed(NamedTuple):
         return jax.tree.map(lambda s: s[:, self.per_block::self.per_block], self.boundaries)  # after segment i
 
     def log_memories(self, slots) -> PyTree:
-        """The memory in slot ``p`` of every block (:class:`~mc_jax.ops.segmentation.FenwickSlots`), ``[b nb m h ...]``."""
+        """The memory in slot ``p`` of every block (:class:`~mc_jax.ops.segmentation.FenwickSlots`),
+        ``[b nb m h ...]``."""
         if self.finals is not None:
             stacks = [jax.tree.map(lambda s: s[:, slots.group[:, p]], f) for p, f in enumerate(self.finals)]
             return jax.tree.map(lambda *s: jnp.stack(s, axis=2), *stacks)
@@ -129,7 +131,8 @@ def compress_independent(spec: MemorySpec, k, v, gates, valid, init_state, *, si
         run = size << p
         init = broadcast_runs(init_state, k.shape[1] // run)
         data, finals = state_pass(spec, to_runs(k, run), to_runs(v, run),
-                                  {name: to_runs(g, run) for name, g in gates.items()}, init, chunk, to_runs(valid, run))
+                                  {name: to_runs(g, run) for name, g in gates.items()}, init, chunk,
+                                  to_runs(valid, run))
         online = data if p == 0 else online
         finals = jax.tree.map(lambda s: s.reshape(b, -1, *s.shape[1:]), finals)
         level_finals.append(spec.family.readable(finals))

@@ -13,6 +13,6 @@ from mc_jax.parallel.mesh import BATCH_AXES, MESH_AXES, MeshConfig, abstract_mes
 from mc_jax.parallel.rules import RULES, active_mesh, constrain, param_shardings, param_specs
 
 __all__ = [
-    "BATCH_AXES", "MESH_AXES", "MeshConfig", "RULES", "abstract_mesh", "active_mesh", "constrain", "make_mesh", "mesh_for_run",
-    "param_shardings", "param_specs",
+    "BATCH_AXES", "MESH_AXES", "MeshConfig", "RULES", "abstract_mesh", "active_mesh", "constrain", "make_mesh",
+    "mesh_for_run", "param_shardings", "param_specs",
 ]

@@ -17,7 +17,8 @@ intact; the partial one is ignored and removed by the next manager. Only the new
 Integrity. When orbax has written every file of a checkpoint, and before it renames the temporary directory into
 place, the manifest is written into it (orbax's post-finalisation callback), so it is part of the atomic rename. A
 checkpoint of this format without a manifest (its manifest could not be written) is *uncommitted*: ignored like
-orbax's partial saves, and set aside by the next ``--resume``. Every restore (``--resume``, ``--init-from``, ``eval.py``) first verifies the
+orbax's partial saves, and set aside by the next ``--resume``. Every restore (``--resume``, ``--init-from``,
+``eval.py``) first verifies the
 manifest; a checkpoint with a missing, truncated or changed file is refused with a short message naming the file
 and the newest intact checkpoint is offered (``--resume-from-step N``), never used silently. CRC-32 (zlib) costs
 about as much as reading the files (measured 330 MB/s for CRC-32 vs 240 MB/s for SHA-256 on a loaded CPU).

@@ -365,7 +365,7 @@ def _sync(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-# ---- the loop ----------------------------------------------------------------------------------------------------------
+# ---- the loop --------------------------------------------------------------------------------------------------------
 def _load_init(init_from: str | os.PathLike[str], config: RunConfig, params: Any) -> tuple[Any, dict]:
     """Parameters of ``config``'s model taken from the checkpoint at ``init_from`` (see :func:`check_init_from`)."""
     src_run, src_step = locate_checkpoint(init_from)

@@ -1,5 +1,5 @@
-"""Evaluation: loading train.py checkpoints (and refusing mismatches), perplexity, MQAR, NIAH grid + heatmap, generation,
-the eval CLI."""
+"""Evaluation: loading train.py checkpoints (and refusing mismatches), perplexity, MQAR, NIAH grid + heatmap,
+generation, the eval CLI."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def _results(out: Path) -> list[Path]:
     return sorted(p for p in out.iterdir() if p.is_dir())
 
 
-# ---- loading -------------------------------------------------------------------------------------------------------------
+# ---- loading ---------------------------------------------------------------------------------------------------------
 def test_load_checkpoint_matches_training_and_refuses_mismatches(run_dir):
     run = load_checkpoint(run_dir)
     assert run.step == 6 and run.config.model.vocab_size == 256
@@ -130,7 +130,7 @@ def test_eval_cli_text_split_max_tokens_and_sampling(run_dir, tmp_path, capsys):
             eval_main([*sample, *bad])
 
 
-# ---- metrics ---------------------------------------------------------------------------------------------------------------
+# ---- metrics ---------------------------------------------------------------------------------------------------------
 def test_text_perplexity_of_a_random_model(random_byte_model, tmp_path):
     pure, state = random_byte_model
     path = tmp_path / "t.txt"
@@ -207,7 +207,7 @@ def test_generation_demo(random_byte_model):
         generate_text(pure, state, "")
 
 
-# ---- heatmap ---------------------------------------------------------------------------------------------------------------
+# ---- heatmap ---------------------------------------------------------------------------------------------------------
 def test_eval_cli_niah_writes_table_and_heatmap(run_dir, tmp_path, capsys):
     from matplotlib.image import imread
 

@@ -32,7 +32,8 @@ def test_quick_experiment_writes_jobs_tables_plots_and_resumes(tmp_path):
     for name in ("table.md", "summary.json", "accuracy_by_segment.png"):
         assert (results / "e5" / name).stat().st_size > 0, name
     overview = (results / "results.md").read_text()
-    assert "E5 ablation" in overview and "Paper:" in overview and "E1 stacked MQAR capacity\nNot run yet.\n\nPaper: MQAR" in overview
+    assert "E5 ablation" in overview and "Paper:" in overview and (
+        "E1 stacked MQAR capacity\nNot run yet.\n\nPaper: MQAR" in overview)
     # resumable: nothing is trained again
     lines = []
     run_experiment("e5", quick=True, out=out, results=results, log=lines.append)

@@ -1,4 +1,5 @@
-"""The chunk-state kernel against the per-token definition and the XLA op (CPU: interpret mode; cuda / tpu: lowering)."""
+"""The chunk-state kernel against the per-token definition and the XLA op (CPU: interpret mode; cuda / tpu:
+lowering)."""
 
 from __future__ import annotations
 

@@ -22,7 +22,8 @@ from tests.kernels.test_cache_read import _inputs as read_inputs
 
 pytestmark = [
     pytest.mark.device,
-    pytest.mark.skipif(jax.default_backend() == "cpu", reason="needs a GPU/TPU: compiles and runs the kernels natively"),
+    pytest.mark.skipif(jax.default_backend() == "cpu",
+                       reason="needs a GPU/TPU: compiles and runs the kernels natively"),
 ]
 
 

@@ -70,11 +70,13 @@ def test_zero_router_init_gives_uniform_gates_and_still_learns():
     RMSNorm after the read removes that per-token factor, so the layer equals the same layer with residual
     aggregation (weights 1); large weights and a tiny epsilon make the norm scale-free. The router still gets
     gradients."""
-    cfg = config(memory="linear", aggregation="grm", segment_size=3, router_init="zeros").replace(init_std=0.5, norm_eps=1e-12)
+    cfg = config(memory="linear", aggregation="grm", segment_size=3, router_init="zeros").replace(init_std=0.5,
+                                                                                                 norm_eps=1e-12)
     grm = MCMixer(cfg, "mc", rngs=nnx.Rngs(0))
     assert not np.any(np.asarray(grm.u_proj.kernel[...]))
-    residual = MCMixer(config(memory="linear", aggregation="residual", segment_size=3).replace(init_std=0.5, norm_eps=1e-12), "mc",
-                       rngs=nnx.Rngs(1))
+    residual = MCMixer(config(memory="linear", aggregation="residual", segment_size=3).replace(init_std=0.5,
+                                                                                               norm_eps=1e-12),
+                       "mc", rngs=nnx.Rngs(1))
     transplant(grm, residual)
     x = jax.random.normal(jax.random.key(0), (2, 11, 32))
     y_grm, _ = jax.jit(lambda x: grm(x))(x)

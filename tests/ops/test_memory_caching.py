@@ -120,7 +120,8 @@ def test_bf16_inputs_accumulate_in_float32(memory):
         assert_rms_close(a, b, "bf16_grads")
 
 
-@pytest.mark.parametrize("config", [("delta", "ssc", ("log", "independent")), ("titans", "soup", ("constant", "checkpoint"))],
+@pytest.mark.parametrize("config", [("delta", "ssc", ("log", "independent")),
+                                    ("titans", "soup", ("constant", "checkpoint"))],
                          ids=ids)
 def test_token_by_token_decoding_equals_parallel(config):
     memory, aggregation, (segmentation, init) = config

@@ -45,7 +45,8 @@ def reference_swla(q, k, v, gates, params, states=None):
     outs = []
     for i in range(t):
         col = lambda name, i=i: gates[name][:, i, :, None, None]
-        s = jnp.exp(col("log_decay")) * s + col("beta_prev") * outer(k_prev, v_prev) + col("lam") * outer(k[:, i], v[:, i])
+        s = (jnp.exp(col("log_decay")) * s + col("beta_prev") * outer(k_prev, v_prev)
+             + col("lam") * outer(k[:, i], v[:, i]))
         k_prev, v_prev = k[:, i], v[:, i]
         if states is not None:
             states.append(s)

@@ -207,7 +207,7 @@ def test_ckpt_minutes_saves_by_time(tmp_path):
     assert Checkpointer(tmp_path, read_only=True).all_steps() == [1, 2, 3]
 
 
-# ---- bad paths and hyperparameters ------------------------------------------------------------------------------------
+# ---- bad paths and hyperparameters -----------------------------------------------------------------------------------
 def test_out_dir_pointing_at_a_file_is_refused(tmp_path, capsys):
     target = tmp_path / "notes.txt"
     target.write_text("keep me")
@@ -228,7 +228,7 @@ def test_non_finite_hyperparameters_are_refused(override, capsys):
     assert err.startswith("error: ") and name in err and len(err.splitlines()) <= 2, err
 
 
-# ---- subprocesses: signals, kills at save boundaries -------------------------------------------------------------------
+# ---- subprocesses: signals, kills at save boundaries -----------------------------------------------------------------
 def _wait_for(predicate, proc, timeout=180.0):
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
@@ -320,7 +320,7 @@ def test_sigkill_at_a_save_boundary_then_resume(tmp_path):
     _no_duplicates(out / "main")
 
 
-# ---- read-only and full file systems (private mount namespaces) -------------------------------------------------------
+# ---- read-only and full file systems (private mount namespaces) ------------------------------------------------------
 needs_unshare = pytest.mark.skipif(can_unshare() is not None, reason=str(can_unshare()))
 
 

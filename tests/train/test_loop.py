@@ -45,7 +45,7 @@ def _train_losses(run_dir: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in read_metrics(run_dir / "metrics.jsonl") if r["split"] == "train"}
 
 
-# ---- checkpoints -------------------------------------------------------------------------------------------------------
+# ---- checkpoints -----------------------------------------------------------------------------------------------------
 def test_checkpoint_round_trip(tmp_path):
     config = tiny_config("model.mixer.memory=titans")
     _, params, _ = split_model(create_model(config.model, seed=1))
@@ -101,7 +101,7 @@ def test_checkpoint_from_a_different_config_is_refused(tmp_path):
     assert _snapshot(tmp_path / "run") == before
 
 
-# ---- output directory --------------------------------------------------------------------------------------------------
+# ---- output directory ------------------------------------------------------------------------------------------------
 def test_output_dir_holding_a_run_is_refused_unless_resume_or_overwrite(tmp_path):
     config = tiny_config("train.steps=4", "train.ckpt_every=2")
     run = tmp_path / "run"
@@ -147,7 +147,7 @@ def test_bad_data_fails_before_anything_is_written(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-# ---- NaN -----------------------------------------------------------------------------------------------------------------
+# ---- NaN -------------------------------------------------------------------------------------------------------------
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tmp_path):
     config = tiny_config("train.lr=1e10", "train.warmup=0", "train.clip=0", "train.ckpt_every=1", "train.steps=20")
     with pytest.raises(NonFiniteLossError) as info:
@@ -164,7 +164,7 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tmp_pat
     assert max(r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")) == err.step
 
 
-# ---- exact resumption after SIGKILL ------------------------------------------------------------------------------------
+# ---- exact resumption after SIGKILL ----------------------------------------------------------------------------------
 def test_sigkill_then_resume_reproduces_the_uninterrupted_losses(tmp_path):
     steps, kill_after = 40, 14
     overrides = [f"train.steps={steps}", "train.ckpt_every=5", "train.log_every=1", "train.batch_size=16",

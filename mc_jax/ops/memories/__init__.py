@@ -24,8 +24,9 @@ IDENTITY_GATES = {"log_decay": 0.0, "beta": 0.0, "theta": 0.0, "alpha": 0.0, "et
 
 # The range of every gate (inclusive): ``log_decay`` = log of a decay in [0, 1] (``-inf``: a full reset), ``beta``
 # the delta rule's write strength, ``theta`` the deep memory's inner learning rate (finite), ``alpha`` its
-# forgetting, ``eta`` the Titans momentum decay, ``beta_prev`` / ``lam`` SWLA's window weights. Values outside (or NaN) are refused when the gates are concrete;
-# under ``jit`` pass ``checked=True`` to :func:`~mc_jax.ops.memory_caching` and wrap with ``checkify``.
+# forgetting, ``eta`` the Titans momentum decay, ``beta_prev`` / ``lam`` SWLA's window weights. Values outside (or NaN)
+# are refused when the gates are concrete; under ``jit`` pass ``checked=True`` to :func:`~mc_jax.ops.memory_caching`
+# and wrap with ``checkify``.
 GATE_RANGES = {"log_decay": (-math.inf, 0.0), "beta": (0.0, 1.0), "theta": (0.0, math.inf), "alpha": (0.0, 1.0),
                "eta": (0.0, 1.0), "beta_prev": (0.0, 1.0), "lam": (0.0, 1.0)}
 
@@ -91,7 +92,8 @@ def complete_gates(spec: MemorySpec, gates: dict[str, Array] | None, shape: tupl
     """Check the user's gates against ``spec`` and fill the optional ones with their identity value.
 
     The result always holds ``log_decay`` for linear memories (zeros for ``linear``), ``beta`` only for ``delta``,
-    ``beta_prev`` and ``lam`` for ``swla``, and ``theta``, ``alpha``, ``write`` (and ``eta`` for Titans) for deep memories.
+    ``beta_prev`` and ``lam`` for ``swla``, and ``theta``, ``alpha``, ``write`` (and ``eta`` for Titans) for deep
+    memories.
     """
     gates = dict(gates or {})
     unknown = set(gates) - set(spec.gate_names)

@@ -41,7 +41,8 @@ class LinearFamily:
         return {"log_decay": jnp.zeros(shape, state_dtype())}
 
     def state_pass(self, spec, k, v, gates, state, chunk: int, valid):
-        """``(chunk_data, final)`` over ``[r, t, h, *]`` tokens; chunk_data ``(starts [r n h dk dv], u [r n h c dv])``."""
+        """``(chunk_data, final)`` over ``[r, t, h, *]`` tokens; chunk_data
+        ``(starts [r n h dk dv], u [r n h c dv])``."""
         starts, u, final = linear.state_pass(k, v, gates, state, chunk, valid)
         return (starts, u), final
 

@@ -7,7 +7,8 @@ Delta rule (``S_t = e^{g_t} (I - b_t k_t k_t^T) S_{t-1} + b_t k_t v_t^T``). Writ
 with ``u_t = b_t (v_t - e^{g_t} S_{t-1}^T k_t)``. Unrolling ``S_{t-1}`` inside the chunk gives the lower-triangular
 system ``(I + L) U = diag(b) V - diag(b G) K S_0`` with ``L[t, i] = b_t D[t, i] k_t.k_i`` for ``i < t``, i.e. the WY/UT
 form ``U = U_hat - W S_0`` with ``A = (I + L)^{-1}``, ``U_hat = A (b * V)``, ``W = A (b G * K)``; ``A`` is applied by an
-exact unit-lower-triangular inverse (``unit_lower_inverse``: matmuls only, no truncation). (Gated) linear attention is the special case ``u_t = v_t`` (no solve).
+exact unit-lower-triangular inverse (``unit_lower_inverse``: matmuls only, no truncation). (Gated) linear attention is
+the special case ``u_t = v_t`` (no solve).
 
 Then, for every chunk, with ``D`` masked causally (diagonal included):
     S_end = G_c S_0 + (K * G_c / G)^T U          (sequential pass over chunks: ``state_pass``)
