@@ -175,9 +175,7 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_losses(tmp_path):
     proc = subprocess.Popen(cmd + overrides + [f"train.out_dir={killed}"], env=dict(os.environ),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        # The uninterrupted reference runs in this process meanwhile (same environment, so the same XLA program).
-        reference = train(tiny_config(*overrides), tmp_path / "ref", progress=False)
-        assert sorted(reference.losses) == list(range(1, steps + 1))
+        # Watch the run from the start (a reference trained here first could let it finish before the kill).
         metrics = killed / "main" / "metrics.jsonl"
         deadline = time.time() + 120
         while time.time() < deadline and proc.poll() is None:
@@ -191,6 +189,9 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_losses(tmp_path):
             proc.kill()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert max(_train_losses(killed / "main")) < steps
+    # The uninterrupted reference, in this process (same environment, so the same XLA program).
+    reference = train(tiny_config(*overrides), tmp_path / "ref", progress=False)
+    assert sorted(reference.losses) == list(range(1, steps + 1))
     latest = Checkpointer(killed / "main", read_only=True).latest_step()
     assert latest is not None and latest < steps
 
