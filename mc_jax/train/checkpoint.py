@@ -125,7 +125,7 @@ def _shape_problems(saved: Any, expected: Any) -> list[str]:
     def flat(tree):
         out = {}
         for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-            key = "/".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in path)
+            key = jax.tree_util.keystr(path, simple=True, separator="/")
             out[key] = (tuple(getattr(leaf, "shape", ())), str(getattr(leaf, "dtype", "?")))
         return out
 
