@@ -37,7 +37,7 @@ MAX_LAYERS, MAX_ROWS, SMALL_D, SMALL_VOCAB, SMALL_MLP = 2, 64, 64, 256, 64
 
 def _mixer_for(mixer, memory: str, kind: str):
     changes = {"memory": memory, "kind": kind, "gates": None}
-    if MEMORIES[memory].family == "deep" and mixer.chunk_size is not None and mixer.segment_size % mixer.chunk_size:
+    if MEMORIES[memory].family.deep and mixer.chunk_size is not None and mixer.segment_size % mixer.chunk_size:
         changes["chunk_size"] = None
     if kind == "none" and mixer.aggregation == "ssc":
         changes.update(aggregation="residual", top_k=None)
@@ -65,9 +65,16 @@ def reduced_run(preset: str, memory: str, kind: str) -> RunConfig:
     return RunConfig(model=model.replace(**changes), train=train)
 
 
+# Linear-family memories have no inner optimiser that can diverge at initialisation (their states are sums of
+# bounded outer products of unit keys); they are covered on the recall presets and `small`, the deep memories on all.
+LINEAR_PRESETS = ("train_tiny_mqar", "train_token_mqar", "small")
+
+
 def _cases():
     for preset in PRESETS:
         for memory in MEMORIES:
+            if not MEMORIES[memory].family.deep and preset not in LINEAR_PRESETS:
+                continue
             for kind in ("mc", "none"):
                 yield pytest.param(preset, memory, kind, id=f"{preset}-{memory}-{kind}")
 
