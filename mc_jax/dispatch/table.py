@@ -169,8 +169,3 @@ def build_stages(enabled: frozenset[str], table: dict[str, tuple[Implementation,
         chosen = tuple(e for e in entries if e.name == XLA or e.name in enabled)
         chains[stage] = chosen[0].fn if len(chosen) == 1 else Chain(chosen)
     return Stages(**chains)
-
-
-def implementation_names() -> frozenset[str]:
-    """Every non-XLA entry of the table."""
-    return frozenset(e.name for entries in TABLE.values() for e in entries if e.name != XLA)

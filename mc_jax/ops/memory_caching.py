@@ -20,7 +20,7 @@ from mc_jax.ops.cache import CacheConfig, MCCache, empty_cache, mc_stream
 from mc_jax.ops.decode import mc_decode_step
 from mc_jax.ops.memories import MemorySpec, check_gate_values, complete_gates, get_memory, initial_state
 from mc_jax.ops.naive import naive_memory_caching
-from mc_jax.ops.segmentation import SEGMENTATIONS, cache_slots
+from mc_jax.ops.segmentation import SEGMENTATIONS, cache_slots, cache_token_capacity
 from mc_jax.ops.sequence import mc_sequence
 from mc_jax.ops.stages import XLA_STAGES, Stages
 from mc_jax.ops.utils import ceil_div, check_choice, check_positive, largest_divisor_at_most
@@ -80,11 +80,6 @@ def cap_segment_size(segment_size: int, length: int, chunk: int) -> int:
     the outputs are the same, but it would pad every sequence to a whole segment (``segment_size=100000`` at
     ``T=64`` cost 1000x more). The result is still a multiple of ``chunk`` (deep memories need it)."""
     return min(segment_size, ceil_div(length, chunk) * chunk)
-
-
-def cache_token_capacity(capacity: int, segmentation: str, segment_size: int) -> int:
-    """Tokens a cache with ``capacity`` slots can take in total (the inverse of :func:`cache_slots`)."""
-    return capacity * segment_size if segmentation == "constant" else ((1 << capacity) - 1) * segment_size
 
 
 def _check_arrays(q, k, v, u) -> None:

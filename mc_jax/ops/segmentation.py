@@ -46,6 +46,11 @@ def cache_slots(max_len: int, segmentation: str, segment_size: int) -> int:
     return max(1, n) if segmentation == "constant" else max(1, n.bit_length())
 
 
+def cache_token_capacity(capacity: int, segmentation: str, segment_size: int) -> int:
+    """Tokens a cache with ``capacity`` slots can take in total (the inverse of :func:`cache_slots`)."""
+    return capacity * segment_size if segmentation == "constant" else ((1 << capacity) - 1) * segment_size
+
+
 class FenwickSlots(NamedTuple):
     """For every block ``c`` and level ``p``: the level-``p`` group a token of block ``c`` reads (``[nb, m]`` each).
 
