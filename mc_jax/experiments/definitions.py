@@ -34,38 +34,64 @@ def _quick_train(steps: int = 30) -> tuple[str, ...]:
 # ---- E1: stacked MQAR capacity ---------------------------------------------------------------------------------------
 def e1_variants(memory: str) -> dict[str, tuple[str, ...]]:
     """Caching variants of one memory: name -> overrides (on top of ``model.mixer.memory``)."""
-    out = {"none": ("model.mixer.kind=none",), "residual": ("model.mixer.aggregation=residual",),
-           "grm": (), "ssc": ("model.mixer.aggregation=ssc", "model.mixer.top_k=2"),
-           "grm_log": ("model.mixer.segmentation=log",), "grm_checkpoint": ("model.mixer.init=checkpoint",)}
+    out = {"none": ("model.mixer.kind=none",), "grm": (), "ssc": ("model.mixer.aggregation=ssc", "model.mixer.top_k=2"),
+           "grm_log": ("model.mixer.segmentation=log",), "residual": ("model.mixer.aggregation=residual",),
+           "grm_checkpoint": ("model.mixer.init=checkpoint",)}
     if memory in DEEP:
         out["soup"] = ("model.mixer.aggregation=soup",)
     return out
+
+
+E1_SEGMENT = 4  # segments of 4 tokens: the seed-0 pilots closed 52-55 % of the gap at C = 4 vs 23-30 % at C = 8
+E1_REFERENCES = {"attention": ("model.mixer.kind=attention",),
+                 "sliding_window": ("model.mixer.kind=sliding_window", "model.mixer.window=8")}
 
 
 def _kv(kv: int) -> tuple[str, ...]:
     return (f"train.task.num_kv_pairs={kv}", f"train.task.seq_len={2 * kv}")
 
 
+def _e1_grid(quick: bool) -> list[tuple[int, int, str, str, tuple[str, ...]]]:
+    """(tier, kv, memory, variant, overrides): the budget cuts of E1 as data.
+
+    Tier 0, the primary table: kv = 32, the three linear-cost memories with every variant, and the references.
+    Tier 1: the deep memories (4-6x the cost of a linear run) with none / grm / soup only. Tier 2: kv = 64 (twice the
+    tokens) with none / grm / ssc of the linear-cost memories and the references.
+    """
+    if quick:
+        return [(0, 8, m, v, e1_variants(m)[v]) for m in ("linear", "swla") for v in ("none", "grm")] + [
+            (0, 8, "", "attention", E1_REFERENCES["attention"])]
+    grid = [(0, 32, m, v, ov) for m in ("linear", "delta", "swla") for v, ov in e1_variants(m).items()]
+    grid += [(0, 32, "", name, ov) for name, ov in E1_REFERENCES.items()]
+    grid += [(1, 32, m, v, e1_variants(m)[v]) for m in DEEP for v in ("none", "grm", "soup")]
+    grid += [(2, 64, m, v, e1_variants(m)[v]) for m in ("linear", "delta", "swla") for v in ("none", "grm", "ssc")]
+    return grid + [(2, 64, "", name, ov) for name, ov in E1_REFERENCES.items()]
+
+
+def _e1_lr_source(kv: int, memory: str, variant: str) -> str | None:
+    """The learning-rate sweep's budget cut: only linear none / grm and attention at kv = 32 are swept; every other
+    model takes the rate of its kind (uncached memory, cached memory, reference) chosen there."""
+    if kv == 32 and (memory, variant) in (("linear", "none"), ("linear", "grm"), ("", "attention")):
+        return None
+    if not memory:
+        return "kv32-attention"
+    return "kv32-linear-none" if variant == "none" else "kv32-linear-grm"
+
+
 def e1(quick: bool) -> Plan:
-    memories, kvs = (("linear", "swla"), (8,)) if quick else (MEMORIES, (32, 64))
-    base = _quick_train() if quick else ()
+    base = (_quick_train() if quick else ()) + (f"model.mixer.segment_size={E1_SEGMENT}",)
     models = []
-    for kv in kvs:
-        for memory in memories:
-            for name, ov in e1_variants(memory).items():
-                if quick and name not in ("none", "grm"):
-                    continue
-                models.append(Job("e1", f"kv{kv}-{memory}-{name}", None,
-                                  base + _kv(kv) + (f"model.mixer.memory={memory}",) + ov, 0, evaluate="stacked"))
-        refs = {"attention": ("model.mixer.kind=attention",),
-                "sliding_window": ("model.mixer.kind=sliding_window", "model.mixer.window=8")}
-        for name, ov in refs.items():
-            if quick and name != "attention":
-                continue
-            models.append(Job("e1", f"kv{kv}-{name}", None, base + _kv(kv) + ov, 0, evaluate="stacked"))
+    for tier, kv, memory, variant, ov in _e1_grid(quick):
+        memory_ov = (f"model.mixer.memory={memory}",) if memory else ()
+        group = f"kv{kv}-{memory}-{variant}" if memory else f"kv{kv}-{variant}"
+        models.append(Job("e1", group, None, base + _kv(kv) + memory_ov + ov, 0, evaluate="stacked", tier=tier,
+                          lr_from=None if quick else _e1_lr_source(kv, memory, variant)))
     return Plan(models, (0,) if quick else (0, 1, 2), (3e-3,) if quick else LRS,
-                notes=[("stacked MQAR (mc_jax/configs/train_tiny_mqar.py: 1 layer, d_model 32, 1 head, C = 8), "
-                        "lr per model from {1e-3, 3e-3, 1e-2} on seed 100 (Zoology protocol)")])
+                notes=[(f"stacked MQAR (mc_jax/configs/train_tiny_mqar.py: 1 layer, d_model 32, 1 head), C = "
+                        f"{E1_SEGMENT}; lr from {{1e-3, 3e-3, 1e-2}} on seed 100 (Zoology protocol) for linear none, "
+                        "linear grm and attention at kv = 32; every other model takes the rate of its kind (budget "
+                        "cut); deep memories (dla, titans) with none / grm / soup only; kv = 64 with none / grm / ssc "
+                        "of linear, delta, swla and the references")])
 
 
 # ---- E1 search: where caching helps most (segment size x aggregation x pooling, linear memory, kv = 32) ------------

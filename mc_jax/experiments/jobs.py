@@ -43,6 +43,8 @@ class Job:
     evaluate: str = "final"
     extra: tuple[tuple[str, Any], ...] = ()
     source: str | None = None
+    lr_from: str | None = None  # a budget cut: take the rate chosen for this group instead of sweeping
+    tier: int = 0  # run order of the reported jobs: tier by tier, each tier seed by seed
 
     @property
     def id(self) -> str:
@@ -171,13 +173,21 @@ def _headline(result: dict[str, Any]) -> str:
 def lr_sweep(models: list[Job], seeds: tuple[int, ...], lrs: tuple[float, ...], out: str | Path, workers: int,
              log=print) -> list[Outcome]:
     """The Zoology protocol: each model (a job template) at every ``lr`` on :data:`VALIDATION_SEED`, then the best
-    rate (highest accuracy, lowest loss for language models) on ``seeds``. Returns the outcomes of both phases."""
-    sweep = [dataclasses.replace(m, seed=VALIDATION_SEED, lr=lr) for m in models for lr in lrs]
-    phase1 = run_jobs(sweep, out, workers, log) if len(lrs) > 1 else []
-    final = []
-    for m in models:
-        lr = best_lr([o for o in phase1 if o.job.group == m.group]) if len(lrs) > 1 else lrs[0]
-        final += [dataclasses.replace(m, seed=s, lr=lr) for s in seeds]
+    rate (highest accuracy, lowest loss for language models) on ``seeds``. Returns the outcomes of both phases.
+
+    A model with ``lr_from`` is not swept: it takes the rate chosen for that group (a budget cut, reported as such).
+    The reported runs go tier by tier (``Job.tier``), each tier seed by seed, so a suite stopped early has its first
+    tiers complete at every seed."""
+    swept = [m for m in models if m.lr_from is None] if len(lrs) > 1 else []
+    unknown = sorted({m.lr_from for m in models if m.lr_from is not None} - {m.group for m in swept})
+    if len(lrs) > 1 and unknown:
+        raise ValueError(f"lr_from names groups that are not swept: {unknown}")
+    phase1 = run_jobs([dataclasses.replace(m, seed=VALIDATION_SEED, lr=lr) for m in swept for lr in lrs], out,
+                      workers, log)
+    chosen = {m.group: best_lr([o for o in phase1 if o.job.group == m.group]) for m in swept}
+    rate = lambda m: lrs[0] if len(lrs) == 1 else chosen[m.lr_from or m.group]
+    final = [dataclasses.replace(m, seed=s, lr=rate(m)) for t in sorted({m.tier for m in models}) for s in seeds
+             for m in models if m.tier == t]
     return phase1 + run_jobs(final, out, workers, log)
 
 

@@ -73,3 +73,31 @@ def test_gap_closed_and_verdicts():
     assert report.gap_closed(s) == pytest.approx({"kv32-linear-grm": 0.5, "kv32-linear-grm_log": 0.125})
     text = " ".join(report.verdict("e1", s))
     assert "closes 50%" in text and "above Log-Linear++ (grm_log): grm" in text
+
+
+def test_lr_sweep_budget_cut_and_run_order(tmp_path, monkeypatch):
+    """Only models without ``lr_from`` are swept; the others take their source's chosen rate; reported jobs run tier
+    by tier, seed by seed."""
+    import dataclasses
+
+    from mc_jax.experiments import jobs as jobs_mod
+
+    calls = []
+
+    def fake_run_jobs(todo, out, workers, log):
+        calls.append([j.id for j in todo])
+        acc = lambda j: {1e-3: 0.2, 3e-3: 0.5, 1e-2: 0.1}[j.lr] if j.group == "a" else {1e-3: 0.9}.get(j.lr, 0.0)
+        return [jobs_mod.Outcome(j, {"accuracy": acc(j)}) for j in todo]
+
+    monkeypatch.setattr(jobs_mod, "run_jobs", fake_run_jobs)
+    a = jobs_mod.Job("e", "a", None, (), 0)
+    b = jobs_mod.Job("e", "b", None, (), 0)
+    c = dataclasses.replace(jobs_mod.Job("e", "c", None, (), 0), lr_from="a", tier=1)
+    d = dataclasses.replace(jobs_mod.Job("e", "d", None, (), 0), lr_from="b")
+    out = jobs_mod.lr_sweep([c, a, b, d], (0, 1), jobs_mod.LRS, tmp_path, 1)
+    assert sorted(calls[0]) == sorted(f"{g}-lr{lr:g}-s100" for g in "ab" for lr in jobs_mod.LRS)  # c, d not swept
+    assert calls[1] == ["a-lr0.003-s0", "b-lr0.001-s0", "d-lr0.001-s0", "a-lr0.003-s1", "b-lr0.001-s1",
+                        "d-lr0.001-s1", "c-lr0.003-s0", "c-lr0.003-s1"]
+    assert len(out) == 6 + 8
+    with pytest.raises(ValueError, match="not swept"):
+        jobs_mod.lr_sweep([dataclasses.replace(a, lr_from="zz")], (0,), jobs_mod.LRS, tmp_path, 1)
