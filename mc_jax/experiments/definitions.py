@@ -54,18 +54,21 @@ def _kv(kv: int) -> tuple[str, ...]:
 def _e1_grid(quick: bool) -> list[tuple[int, int, str, str, tuple[str, ...]]]:
     """(tier, kv, memory, variant, overrides): the budget cuts of E1 as data.
 
-    Tier 0, the primary table: kv = 32, the three linear-cost memories with every variant, and the references.
-    Tier 1: the deep memories (4-6x the cost of a linear run) with none / grm / soup only. Tier 2: kv = 64 (twice the
-    tokens) with none / grm / ssc of the linear-cost memories and the references.
+    Tier 0, the primary table: kv = 32, the three linear-cost memories without caching, with grm and with ssc, and
+    attention. Tier 1: their other variants (log segments, residual, checkpoint init) and sliding-window attention.
+    Tier 2: the deep memories (4-6x the cost of a linear run) with none / grm / soup only. Tier 3: kv = 64 (twice
+    the tokens) with none / grm / ssc of the linear-cost memories and the references.
     """
     if quick:
         return [(0, 8, m, v, e1_variants(m)[v]) for m in ("linear", "swla") for v in ("none", "grm")] + [
             (0, 8, "", "attention", E1_REFERENCES["attention"])]
-    grid = [(0, 32, m, v, ov) for m in ("linear", "delta", "swla") for v, ov in e1_variants(m).items()]
-    grid += [(0, 32, "", name, ov) for name, ov in E1_REFERENCES.items()]
-    grid += [(1, 32, m, v, e1_variants(m)[v]) for m in DEEP for v in ("none", "grm", "soup")]
-    grid += [(2, 64, m, v, e1_variants(m)[v]) for m in ("linear", "delta", "swla") for v in ("none", "grm", "ssc")]
-    return grid + [(2, 64, "", name, ov) for name, ov in E1_REFERENCES.items()]
+    primary = ("none", "grm", "ssc")
+    grid = [(0 if v in primary else 1, 32, m, v, ov) for m in ("linear", "delta", "swla")
+            for v, ov in e1_variants(m).items()]
+    grid += [(0 if name == "attention" else 1, 32, "", name, ov) for name, ov in E1_REFERENCES.items()]
+    grid += [(2, 32, m, v, e1_variants(m)[v]) for m in DEEP for v in ("none", "grm", "soup")]
+    grid += [(3, 64, m, v, e1_variants(m)[v]) for m in ("linear", "delta", "swla") for v in primary]
+    return grid + [(3, 64, "", name, ov) for name, ov in E1_REFERENCES.items()]
 
 
 def _e1_lr_source(kv: int, memory: str, variant: str) -> str | None:
