@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import subprocess
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -129,7 +130,17 @@ def run_job(job: Job, out: str | Path) -> dict[str, Any]:
     return record
 
 
+_SUITE_PID: int | None = None  # in a worker process: the pid of the suite that started it
+
+
+def _remember_suite(pid: int) -> None:
+    global _SUITE_PID
+    _SUITE_PID = pid
+
+
 def _run_job_safe(job: Job, out: str) -> tuple[Job, dict[str, Any]]:
+    if _SUITE_PID is not None and os.getppid() != _SUITE_PID:  # the suite is gone: start nothing more
+        return job, {"id": job.id, "error": "the suite process ended before this job started"}
     try:
         return job, run_job(job, out)
     except Exception as err:  # noqa: BLE001 -- a failed job is recorded, not fatal for the suite (e.g. a diverging model)
@@ -137,7 +148,10 @@ def _run_job_safe(job: Job, out: str) -> tuple[Job, dict[str, Any]]:
 
 
 def run_jobs(jobs: list[Job], out: str | Path, workers: int = 1, log=print) -> list[Outcome]:
-    """Run ``jobs`` (``workers`` processes at a time; 1 = in this process), skipping finished ones."""
+    """Run ``jobs`` (``workers`` processes at a time; 1 = in this process), skipping finished ones.
+
+    Workers start no new job once the suite process has ended (a killed suite leaves at most the jobs in flight,
+    which still write their JSONs), and an interrupted suite cancels the queued jobs before it exits."""
     out = Path(out)
     outcomes, todo = [], []
     for job in jobs:
@@ -148,17 +162,21 @@ def run_jobs(jobs: list[Job], out: str | Path, workers: int = 1, log=print) -> l
             todo.append(job)
     if todo:
         log(f"{len(todo)} job(s) to run, {len(outcomes)} already done")
+    pool = None
     if workers <= 1:
         results = (_run_job_safe(job, str(out)) for job in todo)
     else:
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=_remember_suite,
+                                   initargs=(os.getpid(),))
         results = pool.map(_run_job_safe, todo, [str(out)] * len(todo))
-    for job, result in results:
-        status = f"error: {result['error']}" if "error" in result else _headline(result)
-        log(f"  {job.exp}/{job.id}: {status}")
-        outcomes.append(Outcome(job, result))
-    if workers > 1 and todo:
-        pool.shutdown()
+    try:
+        for job, result in results:
+            status = f"error: {result['error']}" if "error" in result else _headline(result)
+            log(f"  {job.exp}/{job.id}: {status}")
+            outcomes.append(Outcome(job, result))
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     return outcomes
 
 

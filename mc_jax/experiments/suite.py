@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -55,8 +57,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown experiment {args.name!r}; choose one of {', '.join(EXPERIMENTS)} or 'all'",
               file=sys.stderr)
         return 2
+    # SIGTERM (kill, a scheduler's stop) unwinds like Ctrl-C, so queued jobs are cancelled and no worker outlives us
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum)) if in_main_thread else None
     t0 = time.perf_counter()
-    for name in names:
-        run_experiment(name, quick=args.quick, workers=args.jobs, out=args.out, results=args.results)
+    try:
+        for name in names:
+            run_experiment(name, quick=args.quick, workers=args.jobs, out=args.out, results=args.results)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
     print(f"done in {time.perf_counter() - t0:.0f} s")
     return 0

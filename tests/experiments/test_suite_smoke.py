@@ -101,3 +101,13 @@ def test_lr_sweep_budget_cut_and_run_order(tmp_path, monkeypatch):
     assert len(out) == 6 + 8
     with pytest.raises(ValueError, match="not swept"):
         jobs_mod.lr_sweep([dataclasses.replace(a, lr_from="zz")], (0,), jobs_mod.LRS, tmp_path, 1)
+
+
+def test_worker_starts_no_job_after_the_suite_is_gone(tmp_path, monkeypatch):
+    from mc_jax.experiments import jobs as jobs_mod
+
+    monkeypatch.setattr(jobs_mod, "_SUITE_PID", -1)  # not our parent: the suite that started this worker has ended
+    job = Job("e", "g", None, (), 0)
+    _, result = jobs_mod._run_job_safe(job, str(tmp_path))
+    assert "suite process ended" in result["error"]
+    assert not (tmp_path / "e").exists()  # nothing started, nothing written
