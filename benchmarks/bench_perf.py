@@ -68,10 +68,12 @@ def _worker(code: Path, impl: str, configs: list[dict], repeats: int) -> None:
             kw["gates"] = {"theta": jnp.full((b, t, h), 0.05), "alpha": jnp.full((b, t, h), 0.01)}
             if memory == "titans":
                 kw["gates"]["eta"] = jnp.full((b, t, h), 0.9)
-        fwd = jax.jit(lambda q, k, v, u: memory_caching(q, k, v, u=u, **kw))
-        loss = lambda q, k, v, u: jnp.sum(memory_caching(q, k, v, u=u, **kw) * ct)
+        gates = kw.pop("gates", None)  # a jit argument: concrete gates closed over fail the eager range check
+        fwd = jax.jit(lambda q, k, v, u, g: memory_caching(q, k, v, u=u, gates=g, **kw))
+        loss = lambda q, k, v, u, g: jnp.sum(memory_caching(q, k, v, u=u, gates=g, **kw) * ct)
         fwd_bwd = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3)))
-        row = dict(cfg, impl=impl, fwd_ms=timed(fwd, (q, k, v, u)), fwd_bwd_ms=timed(fwd_bwd, (q, k, v, u)))
+        args = (q, k, v, u, gates)
+        row = dict(cfg, impl=impl, fwd_ms=timed(fwd, args), fwd_bwd_ms=timed(fwd_bwd, args))
         print("ROW " + json.dumps(row), flush=True)
 
 
