@@ -12,6 +12,15 @@ one jitted call per token is timed with the cache donated (updated in place, as 
 
 ``--capacity-factor F`` sizes the MC caches for ``F * L`` tokens (cost must follow the filled slots, not capacity).
 
+**Byte floor.** A decode step is memory-bound: it must at least read the state it mixes. The same run measures this
+machine's streaming bandwidth (:func:`stream_bandwidth`: a jitted sum over a 256 MiB array, and a copy) and prints each
+step's time against ``bytes it must read / read bandwidth``: MC reads its filled slots (constant: ``L // C`` states,
+ssc: ``top_k``, log: one per set bit of ``L // C``; each ``Dk x Dv`` for a matrix memory, ``2 D F`` for an MLP), their
+pooled keys and the online state; KV attention reads ``2 (L + 1) D`` values per (batch, head). At ``L = 16K``, ``C =
+64``, ``D = 64`` grm reads 256 states of 64 x 64 = 1 Mi floats per (b, h) against 2 Mi for the KV cache: its floor is
+only 2x below attention's, so a 4x win over a KV step at the floor is impossible in float32 for grm (it is for ssc and
+log segmentation, whose reads do not grow with ``L``).
+
     python -m benchmarks.bench_decode                       # B=2 H=4 D=64, C=64, L = 1K..16K
     python -m benchmarks.bench_decode --quick               # smoke run
 """
@@ -72,6 +81,44 @@ def token_inputs(memory, b, h, d, key):
     return q, k, v, u, gates
 
 
+def stream_bandwidth(mib: int = 256, repeats: int = 5) -> dict:
+    """This machine's streaming rates in GB/s: ``read`` (a jitted sum over ``mib`` MiB) and ``copy`` (read + write)."""
+    x = jnp.ones((mib << 18,), jnp.float32)
+    total, copy = jax.jit(jnp.sum), jax.jit(lambda a: a * 1.0001)
+
+    def rate(fn, moved):
+        jax.block_until_ready(fn(x))
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            jax.block_until_ready(fn(x))
+            times.append(time.perf_counter() - start)
+        return moved / statistics.median(times) / 1e9
+
+    return {"read_gbps": rate(total, x.nbytes), "copy_gbps": rate(copy, 2 * x.nbytes), "array_mib": mib}
+
+
+def read_slots(segmentation: str, aggregation: str, size: int, context: int, top_k: int) -> int:
+    """Cached states one decode step must read after ``context`` tokens."""
+    n = context // size
+    if segmentation == "log":
+        return bin(n).count("1")
+    return min(n, top_k) if aggregation == "ssc" else n
+
+
+def mc_floor_bytes(memory: str, segmentation: str, aggregation: str, size: int, context: int, top_k: int, b: int,
+                   h: int, d: int) -> int:
+    """Bytes a decode step must read: the filled slots it mixes, their pooled keys, and the online state (float32)."""
+    state = 2 * d * 2 * d if get_memory(memory).family.deep else d * d  # MLP W1 + W2 (width 2d) or a d x d matrix
+    slots = read_slots(segmentation, aggregation, size, context, top_k)
+    return 4 * b * h * ((slots + 1) * state + slots * d)
+
+
+def kv_floor_bytes(context: int, b: int, h: int, d: int) -> int:
+    """Bytes a KV-cache attention step must read: keys and values of ``context + 1`` tokens (float32)."""
+    return 4 * b * h * 2 * (context + 1) * d
+
+
 def time_steps(step, state, args, steps):
     """Median seconds of one step; ``state`` is donated and threaded through."""
     state = step(state, *args)[1]
@@ -118,6 +165,18 @@ kv_step = jax.jit(_kv_step, donate_argnums=0)
 
 
 def run(args) -> list[dict]:
+    """The timed rows; each has ``floor_bytes`` and, from :func:`stream_bandwidth` measured first in the same run,
+    ``floor_ms`` (``floor_bytes`` at the read bandwidth) and ``of_floor`` (``ms_per_token / floor_ms``)."""
+    bandwidth = stream_bandwidth()
+    print(json.dumps(dict(kind="bandwidth", **bandwidth)), flush=True)
+    rows = [dict(kind="bandwidth", **bandwidth)] + _timed_rows(args)
+    for r in rows[1:]:
+        r["floor_ms"] = 1e3 * r["floor_bytes"] / (bandwidth["read_gbps"] * 1e9)
+        r["of_floor"] = r["ms_per_token"] / r["floor_ms"]
+    return rows
+
+
+def _timed_rows(args) -> list[dict]:
     key = jax.random.key(0)
     b, h, d = args.batch, args.heads, args.dim
     rows = []
@@ -131,6 +190,8 @@ def run(args) -> list[dict]:
             make = lambda: filled_cache(memory, aggregation, segmentation, args.segment_size, b, h, d, context,
                                         row["capacity_tokens"], key)
             row["ms_per_token"] = 1e3 * time_steps(new, make(), (q, k, v, u, gates), args.steps)
+            row["floor_bytes"] = mc_floor_bytes(memory, segmentation, aggregation, args.segment_size, context,
+                                                args.top_k, b, h, d)
             if not args.skip_chunked:
                 row["chunked_ms_per_token"] = 1e3 * time_steps(old, make(), (q, k, v, u, gates),
                                                                min(args.steps, args.chunked_steps))
@@ -140,7 +201,8 @@ def run(args) -> list[dict]:
         q, k, v, _, _ = token_inputs("linear", b, h, d, key)
         kv = (jnp.zeros((b, h, context + 1, d)), jnp.zeros((b, h, context + 1, d)))
         ms = 1e3 * time_steps(kv_step, kv, (q, k, v, jnp.int32(context)), args.steps)
-        row = dict(kind="kv_attention", context=context, B=b, H=h, D=d, ms_per_token=ms)
+        row = dict(kind="kv_attention", context=context, B=b, H=h, D=d, ms_per_token=ms,
+                   floor_bytes=kv_floor_bytes(context, b, h, d))
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
@@ -156,18 +218,25 @@ def growth_exponent(rows, key):
 
 
 def print_table(rows):
-    kv = {r["context"]: r["ms_per_token"] for r in rows if r["kind"] == "kv_attention"}
-    print("\n| memory | agg | seg | context | MC ms/token | chunked (old) ms/token | KV attention ms/token | KV / MC |")
-    print("|---|---|---|---|---|---|---|---|")
+    nan = dict(ms_per_token=float("nan"), floor_ms=float("nan"), of_floor=float("nan"))
+    kv = {r["context"]: r for r in rows if r["kind"] == "kv_attention"}
+    for r in rows:
+        if r["kind"] == "bandwidth":
+            print(f"\nstreaming bandwidth of this run: read {r['read_gbps']:.1f} GB/s, copy {r['copy_gbps']:.1f} GB/s "
+                  f"({r['array_mib']} MiB array); floor = bytes a step must read / read bandwidth")
+    print("\n| memory | agg | seg | context | MC ms/token | MC floor ms | MC / floor | chunked (old) ms/token "
+          "| KV ms/token | KV floor ms | KV / floor | KV / MC | KV floor / MC floor |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if r["kind"] != "mc":
             continue
-        old = r.get("chunked_ms_per_token")
+        old, a = r.get("chunked_ms_per_token"), kv.get(r["context"], nan)
         print(f"| {r['memory']} | {r['aggregation']} | {r['segmentation']} | {r['context']} | {r['ms_per_token']:.3f} "
-              f"| {'-' if old is None else f'{old:.3f}'} | {kv.get(r['context'], float('nan')):.3f} "
-              f"| {kv.get(r['context'], float('nan')) / r['ms_per_token']:.2f} |")
+              f"| {r['floor_ms']:.3f} | {r['of_floor']:.1f} | {'-' if old is None else f'{old:.3f}'} "
+              f"| {a['ms_per_token']:.3f} | {a['floor_ms']:.3f} | {a['of_floor']:.1f} "
+              f"| {a['ms_per_token'] / r['ms_per_token']:.2f} | {a['floor_ms'] / r['floor_ms']:.2f} |")
     groups = {}
-    for r in rows:
+    for r in rows[1:] if rows and rows[0]["kind"] == "bandwidth" else rows:
         groups.setdefault((r["kind"], r.get("memory"), r.get("aggregation"), r.get("segmentation")), []).append(r)
     print("\ngrowth exponents (ms/token vs context, last two contexts):")
     for name, rs in groups.items():

@@ -4,7 +4,8 @@
     python -m benchmarks.bench_perf --quick    # smoke run (tiny shapes, ~1-2 min)
 
 1. **Forward and forward+backward**, ``memory_caching`` under ``jit`` (loss ``sum(y * ct)``, gradients of q, k, v,
-   u, gates), linear + grm / residual, both inits, T in {1024, 4096}, C in {64, 256}, B=2 H=4 D=64: the code of
+   u), linear + grm / residual, both inits, T in {1024, 4096}, C in {64, 256}, and ``--deep-memories`` (titans,
+   dla) + grm at ``--deep-lengths`` (4096), C=64, B=2 H=4 D=64: the code of
    ``--old-rev`` (default ``6815ae5``, extracted with ``git archive`` into a temporary folder and imported in its own
    process; its CPU path is the dense XLA read) against this checkout with ``impl="auto"`` (the visible-state reads).
    Median of ``--repeats`` after one warm-up, each version in a child process of its own.
@@ -57,12 +58,22 @@ def _worker(code: Path, impl: str, configs: list[dict], repeats: int) -> None:
         unit = lambda x: x / jnp.linalg.norm(x, axis=-1, keepdims=True)
         q, k = (unit(jax.random.normal(key, (b, t, h, d))) for key in keys[:2])
         v, u, ct = (jax.random.normal(key, (b, t, h, d)) for key in keys[2:])
-        kw = dict(memory="linear", aggregation=cfg["aggregation"], segment_size=cfg["C"], init=cfg["init"],
+        memory = cfg.get("memory", "linear")
+        kw = dict(memory=memory, aggregation=cfg["aggregation"], segment_size=cfg["C"], init=cfg["init"],
                   top_k=2 if cfg["aggregation"] == "ssc" else None, impl=impl)
-        fwd = jax.jit(lambda q, k, v, u: memory_caching(q, k, v, u=u, **kw))
-        loss = lambda q, k, v, u: jnp.sum(memory_caching(q, k, v, u=u, **kw) * ct)
+        if memory in ("dla", "titans"):  # deep: initial MLP (width 2d) and constant gates, as bench_decode
+            wkeys = jax.random.split(keys[0], 2)
+            kw["params"] = {"W1": 0.1 * jax.random.normal(wkeys[0], (h, d, 2 * d)),
+                            "W2": 0.1 * jax.random.normal(wkeys[1], (h, 2 * d, d))}
+            kw["gates"] = {"theta": jnp.full((b, t, h), 0.05), "alpha": jnp.full((b, t, h), 0.01)}
+            if memory == "titans":
+                kw["gates"]["eta"] = jnp.full((b, t, h), 0.9)
+        gates = kw.pop("gates", None)  # a jit argument: concrete gates closed over fail the eager range check
+        fwd = jax.jit(lambda q, k, v, u, g: memory_caching(q, k, v, u=u, gates=g, **kw))
+        loss = lambda q, k, v, u, g: jnp.sum(memory_caching(q, k, v, u=u, gates=g, **kw) * ct)
         fwd_bwd = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3)))
-        row = dict(cfg, impl=impl, fwd_ms=timed(fwd, (q, k, v, u)), fwd_bwd_ms=timed(fwd_bwd, (q, k, v, u)))
+        args = (q, k, v, u, gates)
+        row = dict(cfg, impl=impl, fwd_ms=timed(fwd, args), fwd_bwd_ms=timed(fwd_bwd, args))
         print("ROW " + json.dumps(row), flush=True)
 
 
@@ -85,9 +96,12 @@ def extract(rev: str, into: Path) -> Path:
 
 # --- the three parts --------------------------------------------------------------------------------------------
 def training_configs(args) -> list[dict]:
-    return [dict(B=args.batch, H=4, D=64, T=t, C=c, aggregation=a, init=i)
-            for t in args.lengths for c in args.segment_sizes for a in ("grm", "residual")
-            for i in ("independent", "checkpoint")]
+    linear = [dict(B=args.batch, H=4, D=64, T=t, C=c, aggregation=a, init=i)
+              for t in args.lengths for c in args.segment_sizes for a in ("grm", "residual")
+              for i in ("independent", "checkpoint")]
+    deep = [dict(B=args.batch, H=4, D=64, T=t, C=64, aggregation="grm", init="independent", memory=m)
+            for m in args.deep_memories for t in args.deep_lengths]
+    return linear + deep
 
 
 def growth_configs(args) -> list[dict]:
@@ -104,15 +118,17 @@ def exponent(rows: list[dict], key: str) -> float | None:
 
 
 def print_training(old: list[dict], new: list[dict]) -> None:
-    key = lambda r: (r["T"], r["C"], r["aggregation"], r["init"])
+    key = lambda r: (r.get("memory", "linear"), r["T"], r["C"], r["aggregation"], r["init"])
     before = {key(r): r for r in old}
-    print("\n| T | C | agg | init | old fwd ms | new fwd ms | fwd x | old f+b ms | new f+b ms | f+b x | new bwd/fwd |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("\n| memory | T | C | agg | init | old fwd ms | new fwd ms | fwd x | old f+b ms | new f+b ms | f+b x "
+          "| new bwd/fwd |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in new:
         o = before.get(key(r))
         if o is None:
             continue
-        print(f"| {r['T']} | {r['C']} | {r['aggregation']} | {r['init']} | {o['fwd_ms']:.1f} | {r['fwd_ms']:.1f} | "
+        print(f"| {r.get('memory', 'linear')} | {r['T']} | {r['C']} | {r['aggregation']} | {r['init']} "
+              f"| {o['fwd_ms']:.1f} | {r['fwd_ms']:.1f} | "
               f"{o['fwd_ms'] / r['fwd_ms']:.2f} | {o['fwd_bwd_ms']:.1f} | {r['fwd_bwd_ms']:.1f} | "
               f"{o['fwd_bwd_ms'] / r['fwd_bwd_ms']:.2f} | {(r['fwd_bwd_ms'] - r['fwd_ms']) / r['fwd_ms']:.2f} |")
 
@@ -133,6 +149,8 @@ def parse_args(argv=None):
     p.add_argument("--old-rev", default="6815ae5")
     p.add_argument("--lengths", nargs="+", type=int, default=[1024, 4096])
     p.add_argument("--segment-sizes", nargs="+", type=int, default=[64, 256])
+    p.add_argument("--deep-memories", nargs="+", default=["titans", "dla"], help="deep memories timed with grm, C=64")
+    p.add_argument("--deep-lengths", nargs="+", type=int, default=[4096])
     p.add_argument("--growth-lengths", nargs="+", type=int, default=[2048, 4096, 8192])
     p.add_argument("--decode-contexts", nargs="+", type=int, default=[1024, 4096, 16384])
     p.add_argument("--batch", type=int, default=2)
@@ -144,6 +162,7 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.quick:
         args.lengths, args.segment_sizes, args.growth_lengths = [256], [64], [256, 512]
+        args.deep_lengths, args.deep_memories = [256], ["titans"]
         args.decode_contexts, args.repeats, args.batch = [256, 512], 1, 1
     return args
 

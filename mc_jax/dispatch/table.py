@@ -21,7 +21,7 @@ import jax
 
 from mc_jax.dispatch import tiling
 from mc_jax.kernels import cache_read, chunk_state
-from mc_jax.ops import reads_causal
+from mc_jax.ops import reads_causal, reads_deep
 from mc_jax.ops.memories import DEEP, LINEAR, SWLA
 from mc_jax.ops.stages import Stages, xla_read_blocked, xla_read_dense, xla_state_pass
 
@@ -113,7 +113,11 @@ def _sparse_gather_applies(spec, what, stack, gamma, available, x, *, block, seg
 
 
 def causal_read(spec, what, stack, gamma, available, x, *, block, segment_size, aggregation, top_k):
-    """Only the (query block, state) pairs at or below the diagonal, with the read's hand-written VJP."""
+    """Only the (query block, state) pairs at or below the diagonal, with the read's hand-written VJP; a deep
+    memory's read-out as two wide matmuls per block (:func:`mc_jax.ops.reads_deep.causal_deep_read`)."""
+    if spec.family.deep and what == "read":
+        return reads_deep.causal_deep_read(spec, stack, gamma, available, x, size=segment_size,
+                                           block=_causal_block(stack, x, segment_size))
     return reads_causal.causal_read(spec, what, stack, gamma, available, x, size=segment_size,
                                     block=_causal_block(stack, x, segment_size))
 

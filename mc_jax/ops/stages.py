@@ -232,9 +232,9 @@ def cached_log(comp: Compressed, keys: Keys, u, *, size: int, levels: int, pool:
     block_of = jnp.arange(length) // size
     available = jnp.broadcast_to(slots.present[block_of][None, :, None, :], (b, length, h, levels))
     logits = None
-    if u is not None:
-        keys_per_token = jnp.moveaxis(pooled, 3, 2)[:, block_of]  # b t h m dk
-        logits = agg.logits(u, keys_per_token)
+    if u is not None:  # per block, never a [b t h m dk] copy of the pooled keys for every token
+        per_block = u.reshape(b, n_blocks, size, h, -1)  # <u_t, pool(K_i)> (agg.logits) of block n's slots m
+        logits = jnp.einsum("bnchd,bnmhd->bnchm", per_block, pooled).reshape(b, length, h, levels)
     return Cached("blocked", comp.log_memories(slots), available, logits)
 
 
