@@ -101,6 +101,12 @@ def test_gates_outside_their_range_are_refused(memory, gate, value):
     err, _ = checkify.checkify(jax.jit(partial(call, checked=True)))(inputs["gates"])
     assert err.get() is None
     call(dict(inputs["gates"], **({"log_decay": jnp.full((1, 8, 1), -jnp.inf)} if gate == "log_decay" else {})))
+    # concrete gates closed over by a jitted function are checked at trace time (not staged into the trace)
+    with pytest.raises(ValueError, match=rf"gate '{gate}' must lie in"):
+        jax.jit(lambda q: memory_caching(q, inputs["k"], inputs["v"], gates=gates, params=inputs["params"], **kw))(
+            inputs["q"])
+    jax.jit(lambda q: memory_caching(q, inputs["k"], inputs["v"], gates=inputs["gates"], params=inputs["params"],
+                                     **kw))(inputs["q"])
 
 
 # ---- segment size far above the sequence -------------------------------------------------------------------------

@@ -31,10 +31,11 @@ GATE_RANGES = {"log_decay": (-math.inf, 0.0), "beta": (0.0, 1.0), "theta": (0.0,
                "eta": (0.0, 1.0), "beta_prev": (0.0, 1.0), "lam": (0.0, 1.0)}
 
 
-def _gate_ok(name: str, g):
+def _gate_ok(name: str, g, xp=jnp):
+    """``xp``: ``np`` for concrete gates (so the check is not staged into an enclosing ``jit`` trace), ``jnp``."""
     lo, hi = GATE_RANGES[name]
     ok = (g >= lo) & (g <= hi)  # NaN fails both
-    return ok & jnp.isfinite(g) if name == "theta" else ok
+    return ok & xp.isfinite(g) if name == "theta" else ok
 
 
 def check_gate_values(gates: dict[str, Array], *, checked: bool = False) -> None:
@@ -46,7 +47,7 @@ def check_gate_values(gates: dict[str, Array], *, checked: bool = False) -> None
         lo, hi = GATE_RANGES[name]
         if not isinstance(g, jax.core.Tracer):
             values = np.asarray(g)
-            bad = ~np.asarray(_gate_ok(name, values))
+            bad = ~_gate_ok(name, values, np)
             if bad.any():
                 first = values[bad].flat[0]
                 raise ValueError(f"gate {name!r} must lie in [{lo}, {hi}]{' (finite)' if name == 'theta' else ''}; "
