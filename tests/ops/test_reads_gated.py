@@ -110,8 +110,11 @@ def test_auto_enables_the_fused_read():
     assert "fused_gate_read" not in resolve_impl("auto", get_memory("titans"), streaming=False, head_dim=64)
 
 
-@pytest.mark.parametrize("case", OP_CASES, ids=ids)
-@pytest.mark.parametrize("length", [11, 2, 4])  # padded ragged tail; a single segment (nothing cached); N = 1
+# a padded ragged tail for every case; a single segment (nothing cached) and two segments (N = 1) once
+OP_LENGTHS = [(case, 11) for case in OP_CASES] + [(OP_CASES[0], 2), (OP_CASES[1], 6)]
+
+
+@pytest.mark.parametrize("case,length", OP_LENGTHS, ids=lambda c: ids(c) if isinstance(c, tuple) else str(c))
 def test_auto_equals_definition_with_gradients(x64, case, length):
     inputs = make_inputs(case[0], batch=1, length=length)
     y, y_ref = _op(inputs, case, "auto"), _op(inputs, case, "naive")
