@@ -147,7 +147,11 @@ def fused_gate_read(spec, cached, keys, u, q, y_online, online_layer, *, size, a
 
 def _fused_gate_applies(spec, cached, keys, u, q, y_online, online_layer, *, size, aggregation, top_k,
                         stages) -> bool:
-    return aggregation in ("grm", "soup") and cached.layout == "dense" and u is not None and not spec.family.deep
+    """Gated constant-segment reads of matrix memories, unless the dense read kernel is enabled (it comes first)."""
+    dense = stages.read_dense
+    kernel = isinstance(dense, Chain) and any(e.name == "cache_read_dense" for e in dense.entries)
+    return (aggregation in ("grm", "soup") and cached.layout == "dense" and u is not None and not spec.family.deep
+            and not kernel)
 
 
 XLA = "xla"

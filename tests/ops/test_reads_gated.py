@@ -17,10 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mc_jax.dispatch import resolve_impl
+from mc_jax.dispatch import build_stages, resolve_impl
+from mc_jax.dispatch.table import TABLE
 from mc_jax.ops import memory_caching
-from mc_jax.ops.memories import get_memory
+from mc_jax.ops.memories import complete_gates, get_memory, initial_state
 from mc_jax.ops.reads_gated import gated_read
+from mc_jax.ops.sequence import mc_sequence
 from tests.helpers.op_inputs import make_inputs, mc_kwargs
 from tests.helpers.tolerances import assert_close
 
@@ -155,3 +157,33 @@ def test_no_token_by_state_weights():
         for fn in (lambda a: _op(a, case, impl), jax.grad(loss)):
             hlo = jax.jit(fn).lower(inputs).compile().as_text()
             assert _has_token_by_state_array(hlo, t, t // size) is expected, impl
+
+
+
+def _op_with(inputs, case, stages):
+    """The whole-sequence form with the given stages (below ``memory_caching``'s planner)."""
+    memory, aggregation, init, size = case
+    spec = get_memory(memory)
+    b, t, h, dk = inputs["q"].shape
+    gates = complete_gates(spec, inputs["gates"], (b, t, h))
+    state = initial_state(spec, inputs["params"], b, h, dk, inputs["v"].shape[-1])
+    return mc_sequence(inputs["q"], inputs["k"], inputs["v"], inputs["u"], gates, state, spec, aggregation=aggregation,
+                       segmentation="constant", segment_size=size, top_k=None, init=init, pool="mean", chunk=size,
+                       stages=stages)
+
+
+def test_dense_read_kernel_comes_first(x64):
+    """Where the dense read kernel is enabled (impl="pallas"; auto on TPU), the fused read does not replace it."""
+    fused = next(e for e in TABLE["weights_read"] if e.name == "fused_gate_read")
+    case = ("linear", "grm", "independent", 2)
+    inputs = make_inputs("linear", batch=1, length=8)
+    for enabled, expected in ((frozenset({"fused_gate_read"}), True),
+                              (frozenset({"fused_gate_read", "cache_read_dense"}), False)):
+        seen = []
+
+        def probe(spec, cached, keys, u, q, *rest, **kwargs):
+            seen.append(fused.applies(spec, cached, keys, u, q, *rest, **kwargs))
+            return q[..., :1]
+
+        jax.eval_shape(lambda a: _op_with(a, case, build_stages(enabled)._replace(weights_read=probe)), inputs)
+        assert seen == [expected], enabled
