@@ -2,9 +2,9 @@
 
 ``mc_jax.ops`` is pure XLA math; ``mc_jax.kernels`` are Pallas kernels checked against it. This package joins them:
 
-* :mod:`.table`: the implementation table per stage (``state_pass``, ``read_dense``, ``read_blocked``), an ordered
-  list of :class:`~mc_jax.dispatch.table.Implementation` entries ending in the XLA one. Adding an algorithm is an
-  entry in :data:`~mc_jax.dispatch.table.TABLE` (a name, the function, where it applies).
+* :mod:`.table`: the implementation table per stage (``state_pass``, ``read_dense``, ``read_blocked``,
+  ``weights_read``), an ordered list of :class:`~mc_jax.dispatch.table.Implementation` entries ending in the XLA
+  one. Adding an algorithm is an entry in :data:`~mc_jax.dispatch.table.TABLE` (a name, the function, where it applies).
 * :mod:`.policy`: which entries ``impl="xla" | "pallas" | "auto"`` enables, per backend (:data:`AUTO_KERNELS`, with
   the measurements behind it), and the one-time fall-back warnings.
 * :mod:`.tiling`: the kernels' tiling choices inside ``memory_caching``.

@@ -23,7 +23,8 @@ KERNELS = frozenset({"chunk_state", "cache_read_dense", "cache_read_sparse"})
 # Exact XLA algorithms ``impl="auto"`` uses on every backend (after any enabled kernel): reads that do no work for
 # states a token cannot see (mc_jax.ops.reads_causal). They apply by shape (``TABLE``'s ``applies``); fewer FLOPs
 # than the dense read whenever they apply. ``impl="xla"`` keeps the dense reference reads.
-ALGORITHMS = frozenset({"residual_prefix", "sparse_gather", "causal_read", "blocked_residual"})
+# The fused gate softmax + read (mc_jax.ops.reads_gated) removes the [B, T, H, N] weights and their memory-bound pass.
+ALGORITHMS = frozenset({"residual_prefix", "sparse_gather", "causal_read", "blocked_residual", "fused_gate_read"})
 AUTO_KERNELS: dict[str, dict[str, int]] = {
     "cpu": {},
     "gpu": {"cache_read_sparse": 64},

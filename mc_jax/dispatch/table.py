@@ -4,7 +4,8 @@ A stage's implementation at trace time is the first *enabled* entry whose ``appl
 the stage's arguments and decides on static facts: shapes, settings); the XLA entry always applies. Entries of
 ``state_pass`` take ``(spec, k, v, gates, state, chunk, valid)``;
 entries of ``read_dense`` ``(spec, what, stack, gamma, available, x, *, block, segment_size, aggregation, top_k)``;
-entries of ``read_blocked`` ``(spec, what, stacks, gamma, available, x, *, aggregation)`` (see
+entries of ``read_blocked`` ``(spec, what, stacks, gamma, available, x, *, aggregation)``; entries of
+``weights_read`` ``(spec, cached, keys, u, q, y_online, online_layer, *, size, aggregation, top_k, stages)`` (see
 :class:`mc_jax.ops.stages.Stages`).
 
 To add an algorithm: write it as a pure function (math in ``mc_jax.ops``, a kernel in ``mc_jax.kernels``), add an
@@ -21,9 +22,9 @@ import jax
 
 from mc_jax.dispatch import tiling
 from mc_jax.kernels import cache_read, chunk_state
-from mc_jax.ops import reads_causal, reads_deep
+from mc_jax.ops import reads_causal, reads_deep, reads_gated
 from mc_jax.ops.memories import DEEP, LINEAR, SWLA
-from mc_jax.ops.stages import Stages, xla_read_blocked, xla_read_dense, xla_state_pass
+from mc_jax.ops.stages import Stages, online_logit, xla_read_blocked, xla_read_dense, xla_state_pass, xla_weights_read
 
 
 def _always(*args, **kwargs) -> bool:
@@ -141,6 +142,22 @@ def _blocked_residual_applies(spec, what, stacks, gamma, available, x, *, aggreg
     return aggregation == "residual" and spec.family is LINEAR
 
 
+def fused_gate_read(spec, cached, keys, u, q, y_online, online_layer, *, size, aggregation, top_k, stages):
+    """grm / soup over matrix memories, constant segmentation: the gate softmax per query block fused into the read
+    (:func:`mc_jax.ops.reads_gated.gated_read`, its own VJP); no ``[b, t, h, n]`` weights."""
+    return reads_gated.gated_read(q, u, online_logit(u, keys), y_online, cached.pooled, cached.memories, size=size,
+                                  block=_causal_block(cached.memories, q, size))
+
+
+def _fused_gate_applies(spec, cached, keys, u, q, y_online, online_layer, *, size, aggregation, top_k,
+                        stages) -> bool:
+    """Gated constant-segment reads of matrix memories, unless the dense read kernel is enabled (it comes first)."""
+    dense = stages.read_dense
+    kernel = isinstance(dense, Chain) and any(e.name == "cache_read_dense" for e in dense.entries)
+    return (aggregation in ("grm", "soup") and cached.layout == "dense" and u is not None and not spec.family.deep
+            and not kernel)
+
+
 XLA = "xla"
 TABLE: dict[str, tuple[Implementation, ...]] = {
     "state_pass": (
@@ -158,6 +175,10 @@ TABLE: dict[str, tuple[Implementation, ...]] = {
     "read_blocked": (
         Implementation("blocked_residual", blocked_residual, applies=_blocked_residual_applies),
         Implementation(XLA, xla_read_blocked, families=(), streaming=True),
+    ),
+    "weights_read": (
+        Implementation("fused_gate_read", fused_gate_read, families=(LINEAR, SWLA), applies=_fused_gate_applies),
+        Implementation(XLA, xla_weights_read, families=()),
     ),
 }
 

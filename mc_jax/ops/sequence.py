@@ -1,12 +1,12 @@
 """The whole-sequence (training / prefill) form of Memory Caching: the stages of :mod:`mc_jax.ops.stages` in order.
 
 compress (per ``init``) -> cached keys and weights (per ``segmentation``) -> aggregation weights -> read (per
-layout) -> combine. The sequence is padded with identity steps so that every run of every level is whole.
+layout) -> combine (the last three as one swappable stage, ``weights_read``). The sequence is padded with identity
+steps so that every run of every level is whole.
 """
 
 from __future__ import annotations
 
-from mc_jax.ops import aggregation as agg
 from mc_jax.ops.memories import MemorySpec
 from mc_jax.ops.segmentation import num_levels
 from mc_jax.ops.stages import (
@@ -14,9 +14,6 @@ from mc_jax.ops.stages import (
     COMPRESS,
     XLA_STAGES,
     Stages,
-    cached_reader,
-    combine,
-    online_logit,
     online_reader,
     pad_inputs,
     pooled_keys,
@@ -67,7 +64,6 @@ def mc_sequence(
 
     keys = pooled_keys(k, valid, t, size, pool)
     cached = CACHED[segmentation](comp, keys, u, size=size, levels=levels, pool=pool)
-    gamma, gamma_on = agg.weights(aggregation, cached.logits, online_logit(u, keys), cached.available, top_k)
-
-    mix = cached_reader(stages, spec, cached, gamma, size=size, aggregation=aggregation, top_k=top_k)
-    return combine(spec, aggregation, q, gamma, gamma_on, y_online, online_layer, mix)[:, :t]
+    y = stages.weights_read(spec, cached, keys, u, q, y_online, online_layer, size=size, aggregation=aggregation,
+                            top_k=top_k, stages=stages)
+    return y[:, :t]

@@ -11,6 +11,10 @@
    ``blocked`` (one stack per block of tokens; log). Implementations are swappable (:class:`Stages`).
 4. **combine** (:func:`combine`): ``y = gamma_on r_on + sum_i gamma_i r_i``, or soup's parameter mix.
 
+The weights, read and combine stages run as one swappable stage, ``weights_read`` (:func:`xla_weights_read`: the
+three in order), so that an implementation may fuse them (:func:`mc_jax.ops.reads_gated.gated_read`: the softmax
+per query block, no ``[b, t, h, n]`` weights).
+
 Shapes: ``b`` batch, ``t`` tokens (padded to ``length``), ``h`` heads, ``n`` segments / blocks, ``m`` cache slots.
 """
 
@@ -51,18 +55,29 @@ def xla_read_blocked(spec: MemorySpec, what: str, stacks: PyTree, gamma, availab
     return blocked_mix(spec, what, stacks, gamma, x, available)
 
 
+def xla_weights_read(spec: MemorySpec, cached: Cached, keys: Keys, u, q, y_online, online_layer, *, size: int,
+                     aggregation: str, top_k: int | None, stages: Stages):
+    """Weights, read and combine in order: ``gamma [b t h m]`` from the cached logits, then ``stages``' read of the
+    cached layout, then :func:`combine` (the whole-sequence output ``[b t h dv]``)."""
+    gamma, gamma_on = agg.weights(aggregation, cached.logits, online_logit(u, keys), cached.available, top_k)
+    mix = cached_reader(stages, spec, cached, gamma, size=size, aggregation=aggregation, top_k=top_k)
+    return combine(spec, aggregation, q, gamma, gamma_on, y_online, online_layer, mix)
+
+
 class Stages(NamedTuple):
     """The implementation of every swappable stage (hashable: a static argument of the jitted forms).
 
     ``state_pass(spec, k, v, gates, state, chunk, valid) -> (chunk_data, final)`` (:func:`xla_state_pass`);
     ``read_dense(spec, what, stack, gamma, available, x, *, block, segment_size, aggregation, top_k)``;
-    ``read_blocked(spec, what, stacks, gamma, available, x, *, aggregation)``. :mod:`mc_jax.dispatch` builds these per
-    call.
+    ``read_blocked(spec, what, stacks, gamma, available, x, *, aggregation)``;
+    ``weights_read(spec, cached, keys, u, q, y_online, online_layer, *, size, aggregation, top_k, stages)``
+    (:func:`xla_weights_read`; whole-sequence form). :mod:`mc_jax.dispatch` builds these per call.
     """
 
     state_pass: Callable = xla_state_pass
     read_dense: Callable = xla_read_dense
     read_blocked: Callable = xla_read_blocked
+    weights_read: Callable = xla_weights_read
 
 
 XLA_STAGES = Stages()
@@ -198,12 +213,14 @@ def pooled_keys(k: Float[Array, "b t h dk"], valid: Bool[Array, "b t h"], real: 
 
 
 class Cached(NamedTuple):
-    """Output of the cached stage: ``memories`` in the read layout, ``available`` and ``logits`` ``[b t h m]``."""
+    """Output of the cached stage: ``memories`` in the read layout, ``available`` and ``logits`` ``[b t h m]``,
+    ``pooled`` keys of the dense layout ``[b m h dk]`` (``None`` for blocked; a fused read forms its own logits)."""
 
     layout: str  # "dense": leaves [b m h ...] shared by all tokens; "blocked": [b nb m h ...] per block
     memories: PyTree
     available: Array
     logits: Array | None
+    pooled: Array | None = None
 
 
 def cached_constant(comp: Compressed, keys: Keys, u, *, size: int, levels: int, pool: str) -> Cached:
@@ -216,7 +233,7 @@ def cached_constant(comp: Compressed, keys: Keys, u, *, size: int, levels: int, 
     available = (jnp.arange(n_blocks)[None, :] < block_of[:, None])[None, :, None, :]  # 1 t 1 n
     available = jnp.broadcast_to(available, (b, length, h, n_blocks))
     logits = None if u is None else jnp.einsum("bthd,bnhd->bthn", u, pooled)
-    return Cached("dense", comp.constant_memories(), available, logits)
+    return Cached("dense", comp.constant_memories(), available, logits, pooled)
 
 
 def cached_log(comp: Compressed, keys: Keys, u, *, size: int, levels: int, pool: str) -> Cached:
