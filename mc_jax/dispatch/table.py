@@ -4,7 +4,8 @@ A stage's implementation at trace time is the first *enabled* entry whose ``appl
 the stage's arguments and decides on static facts: shapes, settings); the XLA entry always applies. Entries of
 ``state_pass`` take ``(spec, k, v, gates, state, chunk, valid)``;
 entries of ``read_dense`` ``(spec, what, stack, gamma, available, x, *, block, segment_size, aggregation, top_k)``;
-entries of ``read_blocked`` ``(spec, what, stacks, gamma, available, x, *, aggregation)`` (see
+entries of ``read_blocked`` ``(spec, what, stacks, gamma, available, x, *, aggregation)``; entries of ``read_tokens``
+``(spec, q, k, v, gates, init_state, gamma, *, segmentation, segment_size, init, aggregation)`` (see
 :class:`mc_jax.ops.stages.Stages`).
 
 To add an algorithm: write it as a pure function (math in ``mc_jax.ops``, a kernel in ``mc_jax.kernels``), add an
@@ -19,11 +20,11 @@ from typing import Callable
 
 import jax
 
-from mc_jax.dispatch import tiling
+from mc_jax.dispatch import cost, tiling
 from mc_jax.kernels import cache_read, chunk_state
-from mc_jax.ops import reads_causal
+from mc_jax.ops import reads_causal, reads_quadratic
 from mc_jax.ops.memories import DEEP, LINEAR, SWLA
-from mc_jax.ops.stages import Stages, xla_read_blocked, xla_read_dense, xla_state_pass
+from mc_jax.ops.stages import Stages, xla_read_blocked, xla_read_dense, xla_read_tokens, xla_state_pass
 
 
 def _always(*args, **kwargs) -> bool:
@@ -137,6 +138,27 @@ def _blocked_residual_applies(spec, what, stacks, gamma, available, x, *, aggreg
     return aggregation == "residual" and spec.family is LINEAR
 
 
+# --- the segment-gated quadratic form (mc_jax.ops.reads_quadratic; whole-sequence form only) ---------------------
+# Aggregations it is exact for (soup equals grm for linear memories); not ssc: its gamma keeps top_k states per
+# token, and the quadratic form would still visit every (query, key) pair: dense work where ssc's point is k reads.
+QUADRATIC_AGGREGATIONS = ("grm", "soup", "residual")
+
+
+def quadratic(spec, q, k, v, gates, init_state, gamma, *, segmentation, segment_size, init, aggregation):
+    """The cached read from the tokens, ``sum_j W[t, s(j)] (q_t . k'_j) v_j``, tiled below the diagonal."""
+    return reads_quadratic.token_read(q, k, v, gates["log_decay"], init_state, gamma, size=segment_size, init=init,
+                                      tile=tiling.quadratic_tile(q.shape[1], segment_size))
+
+
+def _quadratic_applies(spec, q, k, v, gates, init_state, gamma, *, segmentation, segment_size, init,
+                       aggregation) -> bool:
+    """Constant segments, a sum-of-outer-products state, and fewer FLOPs than the state read
+    (:func:`mc_jax.dispatch.cost.quadratic_pays` for the shape ``(T, C, Dk, Dv)``)."""
+    return (segmentation == "constant" and aggregation in QUADRATIC_AGGREGATIONS
+            and reads_quadratic.outer_product_state(spec)
+            and cost.quadratic_pays(aggregation, q.shape[1], segment_size, q.shape[-1], v.shape[-1]))
+
+
 XLA = "xla"
 TABLE: dict[str, tuple[Implementation, ...]] = {
     "state_pass": (
@@ -154,6 +176,10 @@ TABLE: dict[str, tuple[Implementation, ...]] = {
     "read_blocked": (
         Implementation("blocked_residual", blocked_residual, applies=_blocked_residual_applies),
         Implementation(XLA, xla_read_blocked, families=(), streaming=True),
+    ),
+    "read_tokens": (
+        Implementation("quadratic", quadratic, applies=_quadratic_applies),
+        Implementation(XLA, xla_read_tokens, families=(), streaming=True),
     ),
 }
 

@@ -1,7 +1,7 @@
 """The whole-sequence (training / prefill) form of Memory Caching: the stages of :mod:`mc_jax.ops.stages` in order.
 
 compress (per ``init``) -> cached keys and weights (per ``segmentation``) -> aggregation weights -> read (per
-layout) -> combine. The sequence is padded with identity steps so that every run of every level is whole.
+layout, or from the tokens where ``stages.read_tokens`` gives one) -> combine. The sequence is padded with identity steps so that every run of every level is whole.
 """
 
 from __future__ import annotations
@@ -69,5 +69,10 @@ def mc_sequence(
     cached = CACHED[segmentation](comp, keys, u, size=size, levels=levels, pool=pool)
     gamma, gamma_on = agg.weights(aggregation, cached.logits, online_logit(u, keys), cached.available, top_k)
 
-    mix = cached_reader(stages, spec, cached, gamma, size=size, aggregation=aggregation, top_k=top_k)
+    y_cached = stages.read_tokens(spec, q, k, v, gates, init_state, gamma, segmentation=segmentation,
+                                  segment_size=size, init=init, aggregation=aggregation)
+    if y_cached is None:
+        mix = cached_reader(stages, spec, cached, gamma, size=size, aggregation=aggregation, top_k=top_k)
+    else:  # only linear memories, whose combine reads once: mix("read", q)
+        mix = lambda what, x: y_cached
     return combine(spec, aggregation, q, gamma, gamma_on, y_online, online_layer, mix)[:, :t]

@@ -8,7 +8,8 @@
    for the read layout, their pooled keys ``pool(K_i)``, availability and gate logits ``<u_t, pool(K_i)>``; the
    online memory's logit pools its keys up to ``t``. The aggregation turns logits into ``gamma``.
 3. **read** (per layout): ``sum_i gamma_i map_i(x)``: ``dense`` (one stack shared by all tokens; constant) or
-   ``blocked`` (one stack per block of tokens; log). Implementations are swappable (:class:`Stages`).
+   ``blocked`` (one stack per block of tokens; log). Implementations are swappable (:class:`Stages`); a linear
+   memory's read may instead come from the tokens (``read_tokens``: the segment-gated quadratic form).
 4. **combine** (:func:`combine`): ``y = gamma_on r_on + sum_i gamma_i r_i``, or soup's parameter mix.
 
 Shapes: ``b`` batch, ``t`` tokens (padded to ``length``), ``h`` heads, ``n`` segments / blocks, ``m`` cache slots.
@@ -45,6 +46,14 @@ def xla_read_dense(spec: MemorySpec, what: str, stack: PyTree, gamma, available,
     return dense_mix(spec, what, stack, gamma, x, block, available)
 
 
+def xla_read_tokens(spec: MemorySpec, q, k, v, gates, init_state, gamma, *, segmentation: str, segment_size: int,
+                    init: str, aggregation: str):
+    """No token-form read in XLA's reference: ``None`` (the caller reads the cached states). Other implementations
+    return the cached read ``sum_i gamma_i q^T S_i`` ``[b t h dv]`` computed from the tokens."""
+    del spec, q, k, v, gates, init_state, gamma, segmentation, segment_size, init, aggregation
+    return None
+
+
 def xla_read_blocked(spec: MemorySpec, what: str, stacks: PyTree, gamma, available, x, *, aggregation: str):
     """Blocked read in XLA (:func:`mc_jax.ops.reads.blocked_mix`); ``aggregation`` is for other implementations."""
     del aggregation
@@ -56,13 +65,16 @@ class Stages(NamedTuple):
 
     ``state_pass(spec, k, v, gates, state, chunk, valid) -> (chunk_data, final)`` (:func:`xla_state_pass`);
     ``read_dense(spec, what, stack, gamma, available, x, *, block, segment_size, aggregation, top_k)``;
-    ``read_blocked(spec, what, stacks, gamma, available, x, *, aggregation)``. :mod:`mc_jax.dispatch` builds these per
-    call.
+    ``read_blocked(spec, what, stacks, gamma, available, x, *, aggregation)``;
+    ``read_tokens(spec, q, k, v, gates, init_state, gamma, *, segmentation, segment_size, init, aggregation)``: the
+    cached read from the tokens instead of the states (a linear memory's quadratic form), or ``None`` to read the
+    states (:func:`xla_read_tokens`). :mod:`mc_jax.dispatch` builds these per call.
     """
 
     state_pass: Callable = xla_state_pass
     read_dense: Callable = xla_read_dense
     read_blocked: Callable = xla_read_blocked
+    read_tokens: Callable = xla_read_tokens
 
 
 XLA_STAGES = Stages()
