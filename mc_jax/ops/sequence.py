@@ -1,7 +1,8 @@
 """The whole-sequence (training / prefill) form of Memory Caching: the stages of :mod:`mc_jax.ops.stages` in order.
 
 compress (per ``init``) -> cached keys and weights (per ``segmentation``) -> aggregation weights -> read (per
-layout, or from the tokens where ``stages.read_tokens`` gives one) -> combine. The sequence is padded with identity steps so that every run of every level is whole.
+layout, or from the tokens where ``stages.read_tokens`` gives one) -> combine. The sequence is padded with identity
+steps so that every run of every level is whole.
 """
 
 from __future__ import annotations
