@@ -53,3 +53,15 @@ def quadratic_pays(aggregation: str, length: int, segment_size: int, dk: int, dv
     other = (prefix_read_macs(length, dk, dv) if aggregation == "residual"
              else causal_read_macs(length, segment_size, dk, dv))
     return quadratic_macs(length, segment_size, dk, dv) < other
+
+
+def useful_op_macs(length: int, segment_size: int, chunk: int, dk: int, dv: int) -> int:
+    """Causally visible multiply-adds of one forward of a linear memory with grm (per batch and head): the state
+    pass (``T Dk Dv``), the online read (``T Dk Dv`` from the chunk-start states and the intra-chunk pairs ``j <= t``),
+    the gate logits (``u . pool(K_i)`` for the visible segments and the online one) and the cached read by the
+    cheaper of its two exact forms, visible (token, state) or (token, key) pairs only. The benchmark's "useful"
+    FLOPs (``2 *`` this; forward + backward ``3 *`` the forward)."""
+    visible_states = sum(t // segment_size for t in range(length))
+    cached = min(visible_states * dk * dv, useful_read_macs(length, segment_size, dk, dv))
+    intra = sum(t % chunk + 1 for t in range(length)) * (dk + dv)
+    return 2 * length * dk * dv + intra + (visible_states + length) * dk + cached

@@ -146,8 +146,8 @@ QUADRATIC_AGGREGATIONS = ("grm", "soup", "residual")
 
 def quadratic(spec, q, k, v, gates, init_state, gamma, *, segmentation, segment_size, init, aggregation):
     """The cached read from the tokens, ``sum_j W[t, s(j)] (q_t . k'_j) v_j``, tiled below the diagonal."""
-    return reads_quadratic.token_read(q, k, v, gates["log_decay"], init_state, gamma, size=segment_size, init=init,
-                                      tile=tiling.quadratic_tile(q.shape[1], segment_size))
+    return reads_quadratic.token_read(q, k, v, gates, spec.family.readable(init_state), gamma, size=segment_size,
+                                      init=init, tile=tiling.quadratic_tile(q.shape[1], segment_size))
 
 
 def _quadratic_applies(spec, q, k, v, gates, init_state, gamma, *, segmentation, segment_size, init,
@@ -178,7 +178,7 @@ TABLE: dict[str, tuple[Implementation, ...]] = {
         Implementation(XLA, xla_read_blocked, families=(), streaming=True),
     ),
     "read_tokens": (
-        Implementation("quadratic", quadratic, applies=_quadratic_applies),
+        Implementation("quadratic", quadratic, families=(LINEAR, SWLA), applies=_quadratic_applies),
         Implementation(XLA, xla_read_tokens, families=(), streaming=True),
     ),
 }

@@ -32,14 +32,15 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from mc_jax.ops.memories import LINEAR, MemorySpec
+from mc_jax.ops.memories import LINEAR, SWLA, MemorySpec
 from mc_jax.ops.utils import bad_log_gate, bad_rows
 from mc_jax.typing import Array, Float
 
 
 def outer_product_state(spec: MemorySpec) -> bool:
-    """The memory's state is a decayed sum of ``k_j v_j^T`` (linear family without the delta rule's ``beta``)."""
-    return spec.family is LINEAR and "beta" not in spec.gate_names
+    """The memory's state is a decayed sum of ``k_j v_j^T`` with per-token coefficients: the linear family without
+    the delta rule's ``beta``, and SWLA."""
+    return spec.family in (LINEAR, SWLA) and "beta" not in spec.gate_names
 
 
 # --- decays and weights per (token, segment) -------------------------------------------------------------------
@@ -187,14 +188,41 @@ def quadratic_read(q: Float[Array, "b t h dk"], k: Float[Array, "b t h dk"], v: 
 # --- the cached read of a linear memory ------------------------------------------------------------------------
 
 
+def swla_key_scales(a: Float[Array, "b t h"], lam: Float[Array, "b t h"], beta_prev: Float[Array, "b t h"],
+                    size: int) -> tuple[Float[Array, "b t h"], Float[Array, "b n h"]]:
+    """SWLA's coefficient of ``k_j v_j^T`` in its segment's end state, ``e_j = l_j e^{a_j} + b_{j+1} e^{a_{j+1}}``
+    (the ``b``-write only inside the segment), and the ``b``-write that crosses into segment ``s`` under
+    ``checkpoint`` (key ``k_{p-1}`` written at ``p = s C`` with ``b_p e^{a_p}``; zero for ``s = 0``)."""
+    b, t, h = a.shape
+    n = t // size
+    seg = lambda x: x.reshape(b, n, size, h)
+    written = seg(beta_prev) * jnp.exp(seg(a))  # b_p e^{a_p}: the b-write of token p - 1 made at p
+    inside = jnp.concatenate([written[:, :, 1:], jnp.zeros_like(written[:, :, :1])], axis=2)
+    scale = seg(lam) * jnp.exp(seg(a)) + inside
+    crossing = written[:, :, 0].at[:, 0].set(0.0)  # b n h
+    return scale.reshape(b, t, h), crossing
+
+
+def _bad_tokens(k, v, gates) -> Array:
+    """``[b t h]``: tokens with a non-finite key, value or gate (the states holding them are NaN)."""
+    bad = bad_rows(k) | bad_rows(v) | bad_log_gate(gates["log_decay"])
+    for name in ("lam", "beta_prev"):
+        if name in gates:
+            bad = bad | ~jnp.isfinite(gates[name])
+    return bad
+
+
 def token_read(q: Float[Array, "b t h dk"], k: Float[Array, "b t h dk"], v: Float[Array, "b t h dv"],
-               log_decay: Float[Array, "b t h"], init_state: Float[Array, "b h dk dv"],
-               gamma: Float[Array, "b t h n"], *, size: int, init: str, tile: int) -> Float[Array, "b t h dv"]:
-    """``sum_{i < s(t)} gamma[t, i] q_t^T S_i`` of a linear / gated linear memory over constant segments, from the
-    tokens (the module's formula); ``t`` a multiple of ``size``, ``gamma`` zero for states a token cannot see."""
-    bad = bad_rows(k) | bad_rows(v) | bad_log_gate(log_decay)  # b t h
-    k, v = (jnp.where(bad[..., None], 0.0, x) for x in (k, v))
-    a, tau = segment_decays(jnp.where(bad, 0.0, log_decay), size)
+               gates: dict[str, Array], init_matrix: Float[Array, "b h dk dv"], gamma: Float[Array, "b t h n"], *,
+               size: int, init: str, tile: int) -> Float[Array, "b t h dv"]:
+    """``sum_{i < s(t)} gamma[t, i] q_t^T S_i`` of a linear / gated linear / SWLA memory over constant segments, from
+    the tokens (the module's formula); ``t`` a multiple of ``size``, ``gamma`` zero for states a token cannot see,
+    ``gates`` with ``log_decay`` (and SWLA's ``lam``, ``beta_prev``), ``init_matrix`` the initial ``S_0`` (SWLA's
+    initial previous token is zero: a whole-sequence call starts from the initial state)."""
+    bad = _bad_tokens(k, v, gates)
+    clean = lambda x: jnp.where(bad.reshape(bad.shape + (1,) * (x.ndim - 3)), 0.0, x)
+    k, v = clean(k), clean(v)
+    a, tau = segment_decays(clean(gates["log_decay"]), size)
     decay = jnp.exp(tau)  # b n h
     b, t, h = bad.shape
     seg_bad = bad.reshape(b, t // size, size, h).any(2)  # b n h: the state of segment i holds a bad token
@@ -205,7 +233,14 @@ def token_read(q: Float[Array, "b t h dk"], k: Float[Array, "b t h dk"], v: Floa
     else:
         w = gamma
         coef = jnp.einsum("bthn,bnh->bth", gamma, decay)
-    y = quadratic_read(q, k * jnp.exp(a)[..., None], v, w, size=size, tile=tile)
-    y = y + coef[..., None] * jnp.einsum("bthk,bhkv->bthv", q, init_state)
+    scale, crossing = jnp.exp(a), None
+    if "lam" in gates:
+        scale, crossing = swla_key_scales(a, clean(gates["lam"]), clean(gates["beta_prev"]), size)
+    y = quadratic_read(q, k * scale[..., None], v, w, size=size, tile=tile)
+    y = y + coef[..., None] * jnp.einsum("bthk,bhkv->bthv", q, init_matrix)
+    if crossing is not None and init == "checkpoint":  # one extra key per segment: k_{p-1}, v_{p-1} at p = s C
+        starts = lambda x: jnp.concatenate([jnp.zeros_like(x[:, :1]), x[:, size - 1:-1:size]], axis=1)  # b n h d
+        scores = jnp.einsum("bthk,bnhk->bthn", q, starts(k) * crossing[..., None]) * w
+        y = y + jnp.einsum("bthn,bnhv->bthv", scores, starts(v))
     poisoned = jnp.any((gamma != 0) & jnp.moveaxis(seg_bad, 1, 2)[:, None], axis=-1)  # b t h
     return jnp.where(poisoned[..., None], jnp.nan, y)

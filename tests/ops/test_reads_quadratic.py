@@ -2,7 +2,7 @@
 
 Both algorithms of the cached read of a linear memory -- the state read ``impl="auto"`` runs where the quadratic
 form has more FLOPs, and the quadratic form (forced here whatever the shape) -- against the per-token definition
-(``impl="naive"``), outputs and gradients of every input (q, k, v, u, the decay gate, the initial state), float64
+(``impl="naive"``), outputs and gradients of every input (q, k, v, u, every gate, the initial state), float64
 and float32. Awkward shapes: T neither a multiple of C nor of the tile, C = 1, C = 2, a single segment (N = 0 cached
 states), tiles that are a multiple and a divisor of the segment.
 """
@@ -24,6 +24,7 @@ from mc_jax.ops.memories import get_memory
 from mc_jax.ops.reads_quadratic import checkpoint_weights, quadratic_read
 from tests.helpers.op_inputs import make_inputs, mc_kwargs
 from tests.helpers.tolerances import assert_close
+from tests.ops.test_swla import swla_inputs
 
 mc_module = importlib.import_module("mc_jax.ops.memory_caching")  # the module (``mc_jax.ops`` exports the function)
 
@@ -58,8 +59,15 @@ CASES = [
     ("linear", "residual", "checkpoint", 19, 1),
     ("gated_linear", "residual", "independent", 13, 2),
     ("gated_linear", "grm", "independent", 5, 8),  # one segment: no cached state
+    ("swla", "grm", "independent", 13, 2),
+    ("swla", "grm", "checkpoint", 19, 2),  # the window's write crosses every segment boundary
+    ("swla", "residual", "checkpoint", 13, 1),
 ]
 ids = lambda c: "-".join(map(str, c))
+
+
+def _inputs(case, **kw):
+    return swla_inputs(**kw) if case[0] == "swla" else make_inputs(case[0], **kw)
 
 
 def _call(inputs, case, impl):
@@ -70,21 +78,21 @@ def _call(inputs, case, impl):
 
 @pytest.mark.parametrize("case", CASES, ids=ids)
 def test_equals_definition(x64, algorithm, case):
-    inputs = make_inputs(case[0], length=case[3])
+    inputs = _inputs(case, length=case[3])
     assert_close(_call(inputs, case, "auto"), _call(inputs, case, "naive"), "float64", algorithm)
 
 
 @pytest.mark.parametrize("case", CASES[::2], ids=ids)
 def test_float32(algorithm, case):
-    inputs = make_inputs(case[0], length=case[3], dtype=jnp.float32)
+    inputs = _inputs(case, length=case[3], dtype=jnp.float32)
     assert_close(_call(inputs, case, "auto"), _call(inputs, case, "naive"), "float32", algorithm)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", [CASES[0], CASES[3], CASES[5], CASES[7]], ids=ids)
+@pytest.mark.parametrize("case", [CASES[0], CASES[3], CASES[5], CASES[7], CASES[9]], ids=ids)
 def test_gradients_equal_definition(x64, algorithm, case):
-    """Gradients of q, k, v, u, the decay gate and the initial state."""
-    inputs = make_inputs(case[0], batch=1, length=min(case[3], 11))
+    """Gradients of q, k, v, u, every gate and the initial state."""
+    inputs = _inputs(case, batch=1, length=min(case[3], 11))
     cotangent = jax.random.normal(jax.random.key(3), inputs["v"].shape, inputs["v"].dtype)
     grad = lambda impl: jax.grad(lambda a: jnp.sum(cotangent * _call(a, case, impl)))(inputs)
     jax.tree_util.tree_map_with_path(lambda p, x, e: assert_close(x, e, "float64", jax.tree_util.keystr(p)),
@@ -92,9 +100,9 @@ def test_gradients_equal_definition(x64, algorithm, case):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", [CASES[1], CASES[6]], ids=ids)
+@pytest.mark.parametrize("case", [CASES[1], CASES[6], CASES[9]], ids=ids)
 def test_float32_gradients(algorithm, case):
-    inputs = make_inputs(case[0], batch=1, length=case[3], dtype=jnp.float32)
+    inputs = _inputs(case, batch=1, length=case[3], dtype=jnp.float32)
     cotangent = jax.random.normal(jax.random.key(3), inputs["v"].shape, inputs["v"].dtype)
     grad = lambda impl: jax.grad(lambda a: jnp.sum(cotangent * _call(a, case, impl)))(inputs)
     jax.tree_util.tree_map_with_path(lambda p, x, e: assert_close(x, e, "float32", jax.tree_util.keystr(p)),
@@ -188,6 +196,7 @@ def test_dispatch_picks_the_cheaper_algorithm():
     # the default training run's shape (C = 8, D = 32) and C < Dv generally: the quadratic form
     assert _chosen("linear", "grm", 1024, 8, 32) == "quadratic"
     assert _chosen("gated_linear", "soup", 4096, 16, 64) == "quadratic"
+    assert _chosen("swla", "grm", 1024, 8, 32) == "quadratic"
     # C >> Dv: the state read
     assert _chosen("linear", "grm", 1024, 256, 32) == "xla"
     assert _chosen("gated_linear", "grm", 4096, 64, 32) == "xla"
