@@ -13,6 +13,12 @@
    ``--growth-lengths``; the exponent is the log-log slope over the last two lengths.
 3. **Decoding** ms/token vs context (:mod:`benchmarks.bench_decode`): the one-token step, the chunked streaming
    step it replaced, and a KV-cache attention step.
+4. **Useful-FLOP rate** of linear + grm (this checkout, independent init, B=``--batch`` H=4) at C in
+   ``--flop-segment-sizes`` and D in ``--flop-dims``: each exact algorithm of the cached read forced in a process of
+   its own (the state read, the segment-gated quadratic form) and ``impl="auto"``'s choice
+   (:func:`mc_jax.dispatch.cost.quadratic_pays`); the causally visible FLOPs
+   (:func:`mc_jax.dispatch.cost.useful_op_macs`) per second as a fraction of a dense f32 matmul timed in the same
+   process (:func:`benchmarks.bench_ops.dense_matmul_gflops`), forward and forward+backward (3x the forward's).
 """
 
 from __future__ import annotations
@@ -42,6 +48,16 @@ def _worker(code: Path, impl: str, configs: list[dict], repeats: int) -> None:
     from mc_jax.ops import memory_caching
 
     assert Path(mc_jax.__file__).resolve().is_relative_to(code.resolve()), mc_jax.__file__
+    force = {"quadratic": True, "state_read": False}.get(impl.partition(":")[2])
+    impl = impl.partition(":")[0]
+    dense = None
+    if force is not None or any("useful_macs" in cfg for cfg in configs):  # part 4 (this checkout only)
+        from benchmarks.bench_ops import dense_matmul_gflops
+        from mc_jax.dispatch import cost
+
+        if force is not None:  # one algorithm for every shape of this process (jit caches are per process)
+            cost.quadratic_pays = lambda *args: force
+        dense = dense_matmul_gflops(repeats=3)["gflops"]
 
     def timed(fn, args):
         jax.block_until_ready(fn(*args))
@@ -74,6 +90,10 @@ def _worker(code: Path, impl: str, configs: list[dict], repeats: int) -> None:
         fwd_bwd = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3)))
         args = (q, k, v, u, gates)
         row = dict(cfg, impl=impl, fwd_ms=timed(fwd, args), fwd_bwd_ms=timed(fwd_bwd, args))
+        if dense is not None:
+            useful = 2.0 * b * h * cfg["useful_macs"]
+            row.update(dense_gflops=dense, fwd_useful_pct=100 * useful / (row["fwd_ms"] * 1e6) / dense,
+                       fwd_bwd_useful_pct=100 * 3 * useful / (row["fwd_bwd_ms"] * 1e6) / dense)
         print("ROW " + json.dumps(row), flush=True)
 
 
@@ -107,6 +127,35 @@ def training_configs(args) -> list[dict]:
 def growth_configs(args) -> list[dict]:
     return [dict(B=1, H=4, D=64, T=t, C=64, aggregation=a, init="independent")
             for a in ("residual", "ssc", "grm") for t in args.growth_lengths]
+
+
+def flop_configs(args) -> list[dict]:
+    from mc_jax.dispatch import cost
+    from mc_jax.ops.memories import get_memory
+    from mc_jax.ops.memory_caching import resolve_chunk
+
+    configs = []
+    for t in args.flop_lengths:
+        for d in args.flop_dims:
+            for c in args.flop_segment_sizes:
+                chunk = resolve_chunk(get_memory("linear"), c, None)
+                configs.append(dict(B=args.batch, H=4, D=d, T=t, C=c, aggregation="grm", init="independent",
+                                    useful_macs=cost.useful_op_macs(t, c, chunk, d, d),
+                                    auto_picks="quadratic" if cost.quadratic_pays("grm", t, c, d, d) else "state_read"))
+    return configs
+
+
+def print_flops(rows: dict[str, list[dict]]) -> None:
+    key = lambda r: (r["T"], r["D"], r["C"])
+    by = {name: {key(r): r for r in rs} for name, rs in rows.items()}
+    print("\n| T | D | C | auto picks | algorithm | fwd ms | f+b ms | fwd useful % of dense | f+b useful % of dense |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows["auto"]:
+        for name in ("state_read", "quadratic", "auto"):
+            x = by[name].get(key(r))
+            if x:
+                print(f"| {r['T']} | {r['D']} | {r['C']} | {r['auto_picks']} | {name} | {x['fwd_ms']:.1f} | "
+                      f"{x['fwd_bwd_ms']:.1f} | {x['fwd_useful_pct']:.1f} | {x['fwd_bwd_useful_pct']:.1f} |")
 
 
 def exponent(rows: list[dict], key: str) -> float | None:
@@ -153,6 +202,10 @@ def parse_args(argv=None):
     p.add_argument("--deep-lengths", nargs="+", type=int, default=[4096])
     p.add_argument("--growth-lengths", nargs="+", type=int, default=[2048, 4096, 8192])
     p.add_argument("--decode-contexts", nargs="+", type=int, default=[1024, 4096, 16384])
+    p.add_argument("--flop-lengths", nargs="+", type=int, default=[1024, 2048])
+    p.add_argument("--flop-segment-sizes", nargs="+", type=int, default=[8, 16])
+    p.add_argument("--flop-dims", nargs="+", type=int, default=[32, 64])
+    p.add_argument("--skip-flops", action="store_true", help="skip part 4 (the useful-FLOP rate)")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--timeout", type=float, default=1200.0, help="seconds per child process")
@@ -164,6 +217,7 @@ def parse_args(argv=None):
         args.lengths, args.segment_sizes, args.growth_lengths = [256], [64], [256, 512]
         args.deep_lengths, args.deep_memories = [256], ["titans"]
         args.decode_contexts, args.repeats, args.batch = [256, 512], 1, 1
+        args.flop_lengths = [256]
     return args
 
 
@@ -190,7 +244,14 @@ def main(argv=None) -> int:
                                            "5" if args.quick else "20", "--out", str(args.out) + ".decode"])
     decode_rows = bench_decode.run(decode_args)
     bench_decode.print_table(decode_rows)
-    result.update(decode=decode_rows, wall_s=time.perf_counter() - started)
+    result.update(decode=decode_rows)
+    if not args.skip_flops:
+        flops = {name: run_version(ROOT, impl, flop_configs(args), args.repeats, args.timeout)
+                 for name, impl in (("state_read", "auto:state_read"), ("quadratic", "auto:quadratic"),
+                                    ("auto", "auto"))}
+        print_flops(flops)
+        result.update(useful_flops=flops)
+    result["wall_s"] = time.perf_counter() - started
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     print(f"\nwrote {args.out} ({result['wall_s']:.0f} s)")

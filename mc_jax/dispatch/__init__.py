@@ -8,6 +8,8 @@
 * :mod:`.policy`: which entries ``impl="xla" | "pallas" | "auto"`` enables, per backend (:data:`AUTO_KERNELS`, with
   the measurements behind it), and the one-time fall-back warnings.
 * :mod:`.tiling`: the kernels' tiling choices inside ``memory_caching``.
+* :mod:`.cost`: the FLOP counts of the read algorithms the table chooses between by shape (state read vs the
+  segment-gated quadratic form of linear memories).
 
 On import it installs :func:`~mc_jax.dispatch.policy.plan` as the planner of :func:`mc_jax.ops.memory_caching`
 (``mc_jax/__init__.py`` imports it, so every ``import mc_jax...`` has it).

@@ -4,8 +4,10 @@ A stage's implementation at trace time is the first *enabled* entry whose ``appl
 the stage's arguments and decides on static facts: shapes, settings); the XLA entry always applies. Entries of
 ``state_pass`` take ``(spec, k, v, gates, state, chunk, valid)``;
 entries of ``read_dense`` ``(spec, what, stack, gamma, available, x, *, block, segment_size, aggregation, top_k)``;
-entries of ``read_blocked`` ``(spec, what, stacks, gamma, available, x, *, aggregation)``; entries of
-``weights_read`` ``(spec, cached, keys, u, q, y_online, online_layer, *, size, aggregation, top_k, stages)`` (see
+entries of ``read_blocked`` ``(spec, what, stacks, gamma, available, x, *, aggregation)``; entries of ``read_tokens``
+``(spec, q, k, v, gates, init_state, gamma, *, segmentation, segment_size, init, aggregation)``; entries of
+``weights_read`` ``(spec, cached, keys, u, q, y_online, online_layer, *, size, aggregation, top_k, stages,
+read_tokens)`` (see
 :class:`mc_jax.ops.stages.Stages`).
 
 To add an algorithm: write it as a pure function (math in ``mc_jax.ops``, a kernel in ``mc_jax.kernels``), add an
@@ -20,11 +22,19 @@ from typing import Callable
 
 import jax
 
-from mc_jax.dispatch import tiling
+from mc_jax.dispatch import cost, tiling
 from mc_jax.kernels import cache_read, chunk_state
-from mc_jax.ops import reads_causal, reads_deep, reads_gated
+from mc_jax.ops import reads_causal, reads_deep, reads_gated, reads_quadratic
 from mc_jax.ops.memories import DEEP, LINEAR, SWLA
-from mc_jax.ops.stages import Stages, online_logit, xla_read_blocked, xla_read_dense, xla_state_pass, xla_weights_read
+from mc_jax.ops.stages import (
+    Stages,
+    online_logit,
+    xla_read_blocked,
+    xla_read_dense,
+    xla_read_tokens,
+    xla_state_pass,
+    xla_weights_read,
+)
 
 
 def _always(*args, **kwargs) -> bool:
@@ -142,20 +152,51 @@ def _blocked_residual_applies(spec, what, stacks, gamma, available, x, *, aggreg
     return aggregation == "residual" and spec.family is LINEAR
 
 
-def fused_gate_read(spec, cached, keys, u, q, y_online, online_layer, *, size, aggregation, top_k, stages):
+def fused_gate_read(spec, cached, keys, u, q, y_online, online_layer, *, size, aggregation, top_k, stages,
+                    read_tokens=None):
     """grm / soup over matrix memories, constant segmentation: the gate softmax per query block fused into the read
     (:func:`mc_jax.ops.reads_gated.gated_read`, its own VJP); no ``[b, t, h, n]`` weights."""
     return reads_gated.gated_read(q, u, online_logit(u, keys), y_online, cached.pooled, cached.memories, size=size,
                                   block=_causal_block(cached.memories, q, size))
 
 
+def _enabled(stage, name: str) -> bool:
+    return isinstance(stage, Chain) and any(e.name == name for e in stage.entries)
+
+
 def _fused_gate_applies(spec, cached, keys, u, q, y_online, online_layer, *, size, aggregation, top_k,
-                        stages) -> bool:
-    """Gated constant-segment reads of matrix memories, unless the dense read kernel is enabled (it comes first)."""
-    dense = stages.read_dense
-    kernel = isinstance(dense, Chain) and any(e.name == "cache_read_dense" for e in dense.entries)
+                        stages, read_tokens=None) -> bool:
+    """Gated constant-segment reads of matrix memories, unless the dense read kernel is enabled (it comes first) or
+    the quadratic form is enabled and pays for this shape (it reads from the tokens, with the weights array)."""
+    quadratic_first = _enabled(stages.read_tokens, "quadratic") and _quadratic_pays(
+        spec, "constant", aggregation, q.shape[1], size, q.shape[-1], y_online.shape[-1])
     return (aggregation in ("grm", "soup") and cached.layout == "dense" and u is not None and not spec.family.deep
-            and not kernel)
+            and not _enabled(stages.read_dense, "cache_read_dense") and not quadratic_first)
+
+
+# --- the segment-gated quadratic form (mc_jax.ops.reads_quadratic; whole-sequence form only) ---------------------
+# Aggregations it is exact for (soup equals grm for linear memories); not ssc: its gamma keeps top_k states per
+# token, and the quadratic form would still visit every (query, key) pair: dense work where ssc's point is k reads.
+QUADRATIC_AGGREGATIONS = ("grm", "soup", "residual")
+
+
+def quadratic(spec, q, k, v, gates, init_state, gamma, *, segmentation, segment_size, init, aggregation):
+    """The cached read from the tokens, ``sum_j W[t, s(j)] (q_t . k'_j) v_j``, tiled below the diagonal."""
+    return reads_quadratic.token_read(q, k, v, gates, spec.family.readable(init_state), gamma, size=segment_size,
+                                      init=init, tile=tiling.quadratic_tile(q.shape[1], segment_size))
+
+
+def _quadratic_pays(spec, segmentation, aggregation, t, segment_size, dk, dv) -> bool:
+    """Constant segments, a sum-of-outer-products state, and fewer FLOPs than the state read
+    (:func:`mc_jax.dispatch.cost.quadratic_pays` for the shape ``(T, C, Dk, Dv)``)."""
+    return (segmentation == "constant" and aggregation in QUADRATIC_AGGREGATIONS
+            and reads_quadratic.outer_product_state(spec)
+            and cost.quadratic_pays(aggregation, t, segment_size, dk, dv))
+
+
+def _quadratic_applies(spec, q, k, v, gates, init_state, gamma, *, segmentation, segment_size, init,
+                       aggregation) -> bool:
+    return _quadratic_pays(spec, segmentation, aggregation, q.shape[1], segment_size, q.shape[-1], v.shape[-1])
 
 
 XLA = "xla"
@@ -175,6 +216,10 @@ TABLE: dict[str, tuple[Implementation, ...]] = {
     "read_blocked": (
         Implementation("blocked_residual", blocked_residual, applies=_blocked_residual_applies),
         Implementation(XLA, xla_read_blocked, families=(), streaming=True),
+    ),
+    "read_tokens": (
+        Implementation("quadratic", quadratic, families=(LINEAR, SWLA), applies=_quadratic_applies),
+        Implementation(XLA, xla_read_tokens, families=(), streaming=True),
     ),
     "weights_read": (
         Implementation("fused_gate_read", fused_gate_read, families=(LINEAR, SWLA), applies=_fused_gate_applies),

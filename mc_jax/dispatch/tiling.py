@@ -57,3 +57,17 @@ def sparse_xla_block(segment_size: int) -> int:
 def sparse_xla_pays(segment_size: int, top_k: int, n_states: int) -> bool:
     """The gather reads ``bq * top_k`` states per token; the causal read about ``N / 2``: gather when fewer."""
     return 2 * sparse_xla_block(segment_size) * top_k < n_states
+
+
+# --- the segment-gated quadratic form of mc_jax.ops.reads_quadratic ----------------------------------------------
+# Rows and columns of one (query block, key block) tile: large enough for matmul efficiency, small enough that the
+# diagonal tiles' masked-out work (about tile / (2 T) of the total) and a tile's live values stay small.
+QUADRATIC_TILE = 128
+
+
+def quadratic_tile(length: int, segment_size: int) -> int:
+    """Tile of the quadratic form: whole segments dividing ``length`` up to :data:`QUADRATIC_TILE` tokens, or a
+    divisor of the segment when one segment is longer (a key block then lies inside one segment)."""
+    if segment_size > QUADRATIC_TILE:
+        return largest_divisor_at_most(segment_size, QUADRATIC_TILE)
+    return segment_size * largest_divisor_at_most(length // segment_size, QUADRATIC_TILE // segment_size)

@@ -1,7 +1,8 @@
 """The whole-sequence (training / prefill) form of Memory Caching: the stages of :mod:`mc_jax.ops.stages` in order.
 
 compress (per ``init``) -> cached keys and weights (per ``segmentation``) -> aggregation weights -> read (per
-layout) -> combine (the last three as one swappable stage, ``weights_read``). The sequence is padded with identity
+layout, or from the tokens where ``stages.read_tokens`` gives one) -> combine (the last three as one swappable
+stage, ``weights_read``). The sequence is padded with identity
 steps so that every run of every level is whole.
 """
 
@@ -64,6 +65,8 @@ def mc_sequence(
 
     keys = pooled_keys(k, valid, t, size, pool)
     cached = CACHED[segmentation](comp, keys, u, size=size, levels=levels, pool=pool)
+    read_tokens = lambda gamma: stages.read_tokens(spec, q, k, v, gates, init_state, gamma, segmentation=segmentation,
+                                                   segment_size=size, init=init, aggregation=aggregation)
     y = stages.weights_read(spec, cached, keys, u, q, y_online, online_layer, size=size, aggregation=aggregation,
-                            top_k=top_k, stages=stages)
+                            top_k=top_k, stages=stages, read_tokens=read_tokens)
     return y[:, :t]

@@ -8,7 +8,8 @@
    for the read layout, their pooled keys ``pool(K_i)``, availability and gate logits ``<u_t, pool(K_i)>``; the
    online memory's logit pools its keys up to ``t``. The aggregation turns logits into ``gamma``.
 3. **read** (per layout): ``sum_i gamma_i map_i(x)``: ``dense`` (one stack shared by all tokens; constant) or
-   ``blocked`` (one stack per block of tokens; log). Implementations are swappable (:class:`Stages`).
+   ``blocked`` (one stack per block of tokens; log). Implementations are swappable (:class:`Stages`); a linear
+   memory's read may instead come from the tokens (``read_tokens``: the segment-gated quadratic form).
 4. **combine** (:func:`combine`): ``y = gamma_on r_on + sum_i gamma_i r_i``, or soup's parameter mix.
 
 The weights, read and combine stages run as one swappable stage, ``weights_read`` (:func:`xla_weights_read`: the
@@ -49,6 +50,14 @@ def xla_read_dense(spec: MemorySpec, what: str, stack: PyTree, gamma, available,
     return dense_mix(spec, what, stack, gamma, x, block, available)
 
 
+def xla_read_tokens(spec: MemorySpec, q, k, v, gates, init_state, gamma, *, segmentation: str, segment_size: int,
+                    init: str, aggregation: str):
+    """No token-form read in XLA's reference: ``None`` (the caller reads the cached states). Other implementations
+    return the cached read ``sum_i gamma_i q^T S_i`` ``[b t h dv]`` computed from the tokens."""
+    del spec, q, k, v, gates, init_state, gamma, segmentation, segment_size, init, aggregation
+    return None
+
+
 def xla_read_blocked(spec: MemorySpec, what: str, stacks: PyTree, gamma, available, x, *, aggregation: str):
     """Blocked read in XLA (:func:`mc_jax.ops.reads.blocked_mix`); ``aggregation`` is for other implementations."""
     del aggregation
@@ -56,11 +65,16 @@ def xla_read_blocked(spec: MemorySpec, what: str, stacks: PyTree, gamma, availab
 
 
 def xla_weights_read(spec: MemorySpec, cached: Cached, keys: Keys, u, q, y_online, online_layer, *, size: int,
-                     aggregation: str, top_k: int | None, stages: Stages):
-    """Weights, read and combine in order: ``gamma [b t h m]`` from the cached logits, then ``stages``' read of the
-    cached layout, then :func:`combine` (the whole-sequence output ``[b t h dv]``)."""
+                     aggregation: str, top_k: int | None, stages: Stages, read_tokens: Callable = lambda gamma: None):
+    """Weights, read and combine in order: ``gamma [b t h m]`` from the cached logits, then the cached read (from
+    the tokens when ``read_tokens(gamma)`` gives one, else ``stages``' read of the cached layout), then
+    :func:`combine` (the whole-sequence output ``[b t h dv]``)."""
     gamma, gamma_on = agg.weights(aggregation, cached.logits, online_logit(u, keys), cached.available, top_k)
-    mix = cached_reader(stages, spec, cached, gamma, size=size, aggregation=aggregation, top_k=top_k)
+    y_cached = read_tokens(gamma)
+    if y_cached is None:
+        mix = cached_reader(stages, spec, cached, gamma, size=size, aggregation=aggregation, top_k=top_k)
+    else:  # only linear memories, whose combine reads once: mix("read", q)
+        mix = lambda what, x: y_cached
     return combine(spec, aggregation, q, gamma, gamma_on, y_online, online_layer, mix)
 
 
@@ -70,13 +84,18 @@ class Stages(NamedTuple):
     ``state_pass(spec, k, v, gates, state, chunk, valid) -> (chunk_data, final)`` (:func:`xla_state_pass`);
     ``read_dense(spec, what, stack, gamma, available, x, *, block, segment_size, aggregation, top_k)``;
     ``read_blocked(spec, what, stacks, gamma, available, x, *, aggregation)``;
-    ``weights_read(spec, cached, keys, u, q, y_online, online_layer, *, size, aggregation, top_k, stages)``
-    (:func:`xla_weights_read`; whole-sequence form). :mod:`mc_jax.dispatch` builds these per call.
+    ``read_tokens(spec, q, k, v, gates, init_state, gamma, *, segmentation, segment_size, init, aggregation)``: the
+    cached read from the tokens instead of the states (a linear memory's quadratic form), or ``None`` to read the
+    states (:func:`xla_read_tokens`);
+    ``weights_read(spec, cached, keys, u, q, y_online, online_layer, *, size, aggregation, top_k, stages,
+    read_tokens)`` (:func:`xla_weights_read`; whole-sequence form; ``read_tokens``: ``gamma -> y | None``, the
+    ``read_tokens`` stage bound to this call's tokens). :mod:`mc_jax.dispatch` builds these per call.
     """
 
     state_pass: Callable = xla_state_pass
     read_dense: Callable = xla_read_dense
     read_blocked: Callable = xla_read_blocked
+    read_tokens: Callable = xla_read_tokens
     weights_read: Callable = xla_weights_read
 
 
