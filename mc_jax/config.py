@@ -65,7 +65,10 @@ class MixerConfig:
     Attributes:
         kind: default mixer kind of a layer (``ModelConfig.pattern`` may mix kinds).
         memory: base memory, one of ``mc_jax.ops.memories.MEMORIES``.
-        aggregation: ``residual`` | ``grm`` | ``soup`` | ``ssc`` (``ssc`` needs ``top_k``).
+        aggregation: ``residual`` | ``grm`` | ``soup`` | ``ssc`` (``ssc`` needs ``top_k``) | ``token`` (token-only
+            gates: a per-head logit ``x_t w`` for the online memory against 0 for every cached one, no segment
+            context) | ``uniform`` (frozen ``1 / (n + 1)``, no router). The last two are the ablations of the
+            paper's Table 5 (docs/aggregation_ablations.md).
         segmentation: ``constant`` | ``log``.
         segment_size: tokens per segment (log: the smallest block).
         top_k: cached memories kept per token by ``ssc``; only valid with ``ssc``.

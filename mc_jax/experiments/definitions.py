@@ -139,16 +139,18 @@ def e4(quick: bool) -> Plan:
 def e5(quick: bool) -> Plan:
     base = _quick_train() + _kv(8) if quick else _kv(32)
     variants = {"grm": (), "residual": ("model.mixer.aggregation=residual",),
+                "token_gates": ("model.mixer.aggregation=token",), "uniform": ("model.mixer.aggregation=uniform",),
                 "grm_router_zeros": ("model.mixer.router_init=zeros",),
                 "grm_checkpoint": ("model.mixer.init=checkpoint",)}  # grm: independent, C = 8
     for c in ((4,) if quick else (4, 16, 32)):  # C = 8 is the default ("grm")
         variants[f"grm_C{c}"] = (f"model.mixer.segment_size={c}",)
     if quick:
-        variants = {k: v for k, v in variants.items() if k in ("grm", "residual")}
+        variants = {k: v for k, v in variants.items() if k in ("grm", "residual", "token_gates", "uniform")}
     models = [Job("e5", name, None, base + ov, 0, evaluate="stacked") for name, ov in variants.items()]
     return Plan(models, (0,) if quick else (0, 1, 2), (3e-3,),
-                notes=[("linear memory on stacked MQAR, default protocol lr 3e-3; not run (no such aggregation in "
-                       "the library): token-only gates without segment context, frozen uniform weights")])
+                notes=[("linear memory on stacked MQAR, default protocol lr 3e-3; token_gates: the gates from the "
+                        "token alone (online memory's logit x_t w against 0 for every cached one, no segment "
+                        "context); uniform: frozen 1 / (n + 1), no router (docs/aggregation_ablations.md)")])
 
 
 EXPERIMENTS = {"e1": e1, "e1s": e1_search, "e2": e2, "e3": e3, "e4": e4, "e5": e5}

@@ -195,6 +195,12 @@ def verdict(name: str, summary: dict[str, dict[str, Any]]) -> list[str]:
             vals = {v: s[f"{needle}-{v}"]["mean"] for v in ("base", "mc", "posttrain") if f"{needle}-{v}" in s}
             out.append(f"{needle}: mean exact match " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in vals.items()))
     elif name == "e5":
+        for ablation, claim in (("token_gates", "without context-dependent gamma"), ("uniform", "uniform weights")):
+            if "grm" in s and ablation in s:
+                below = s[ablation]["mean"] < s["grm"]["mean"]
+                out.append(f"{ablation} ({claim}) {'below' if below else 'not below'} grm "
+                           f"({100 * s[ablation]['mean']:.1f} vs {100 * s['grm']['mean']:.1f}): the paper's drop "
+                           + ("holds" if below else "does not hold") + " here")
         if "grm" in s and "residual" in s:
             out.append(f"grm {'above' if s['grm']['mean'] > s['residual']['mean'] else 'not above'} residual "
                        f"({100 * s['grm']['mean']:.1f} vs {100 * s['residual']['mean']:.1f}): the paper's gating "

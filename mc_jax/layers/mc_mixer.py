@@ -2,7 +2,7 @@
 
     q, k, v = conv4(phi(x W_q)), conv4(phi(x W_k)), conv4(psi(x W_v))       (causal depthwise convolutions)
     (phi = mixer.feature_map, psi = mixer.value_map, silu by default)
-    q, k    = l2-normalised per head;  u = x W_u (grm / soup / ssc);  gates = act(x W_g + b_g) per head
+    q, k    = l2-normalised per head;  u = x W_u (grm / soup / ssc: Dk wide; token: 1);  gates = act(x W_g + b_g)
     y       = memory_caching(q, k, v, u, gates, params=W_0)                 (mc_jax.ops; no math here)
     out     = W_o (RMSNorm_head(y) * silu(x W_gate))      (norm: mixer.output_norm, gate: mixer.output_gate)
 
@@ -25,6 +25,7 @@ from mc_jax.layers.gates import Gates
 from mc_jax.layers.mlp import dense
 from mc_jax.layers.norms import RMSNorm, l2_normalize
 from mc_jax.ops import MCCache, init_cache, memory_caching
+from mc_jax.ops.aggregation import GATED
 from mc_jax.ops.utils import ceil_div
 from mc_jax.parallel.shard_op import sharded_memory_caching
 from mc_jax.typing import Array, Float
@@ -67,7 +68,9 @@ class MCMixer(nnx.Module):
         self.k_conv = ShortConv(h * dk, m.conv_width, **kw)
         self.v_conv = ShortConv(h * dv, m.conv_width, **kw)
         u_std = std if m.router_init == "normal" else 0.0  # zeros: uniform gates at initialisation
-        self.u_proj = dense(d, h * dk, std=u_std, **kw) if self.aggregation != "residual" else None
+        # content routers (grm / soup / ssc) are Dk wide; token-only gates one logit per head; residual, uniform none
+        self.u_width = 1 if self.aggregation == "token" else dk
+        self.u_proj = dense(d, h * self.u_width, std=u_std, **kw) if self.aggregation in GATED else None
         self.gates = Gates(d, h, m.gate_names, rngs=rngs, std=std, param_dtype=pdtype, memory=m.memory,
                            head_dim=max(dk, dv))
         self.out_norm = (RMSNorm((h, dv), eps=config.norm_eps, dtype=dtype, param_dtype=pdtype)
@@ -128,7 +131,7 @@ class MCMixer(nnx.Module):
         k, sk = self.k_conv(phi(self.k_proj(x)), states[1])
         v, sv = self.v_conv(FEATURE_MAPS[self.settings.value_map](self.v_proj(x)), states[2])
         q, k, v = l2_normalize(heads(q, self.dk)), l2_normalize(heads(k, self.dk)), heads(v, self.dv)
-        u = None if self.u_proj is None else heads(self.u_proj(x), self.dk)
+        u = None if self.u_proj is None else heads(self.u_proj(x), self.u_width)
         top_k = self.settings.top_k if self.aggregation == "ssc" else None
         common = dict(u=u, aggregation=self.aggregation, top_k=top_k, gates=self.gates(x), impl=self.settings.impl)
         if cache is None:

@@ -66,8 +66,9 @@ def mc_sequence(
     y_online = read_online(q, k, gates)
 
     keys = pooled_keys(k, valid, t, size, pool)
-    cached = CACHED[segmentation](comp, keys, u, size=size, levels=levels, pool=pool)
-    gamma, gamma_on = agg.weights(aggregation, cached.logits, online_logit(u, keys), cached.available, top_k)
+    cached = CACHED[segmentation](comp, keys, agg.content_u(aggregation, u), size=size, levels=levels, pool=pool)
+    gamma, gamma_on = agg.weights(aggregation, cached.logits, online_logit(aggregation, u, keys), cached.available,
+                                  top_k)
 
     mix = cached_reader(stages, spec, cached, gamma, size=size, aggregation=aggregation, top_k=top_k)
     return combine(spec, aggregation, q, gamma, gamma_on, y_online, online_layer, mix)[:, :t]

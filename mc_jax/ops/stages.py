@@ -241,9 +241,9 @@ def cached_log(comp: Compressed, keys: Keys, u, *, size: int, levels: int, pool:
 CACHED = {"constant": cached_constant, "log": cached_log}
 
 
-def online_logit(u, keys: Keys):
-    """``<u_t, pool(K_on up to t)>`` ``[b t h]`` (``None`` without gates)."""
-    return None if u is None else jnp.einsum("bthd,bthd->bth", u, keys.online)
+def online_logit(aggregation: str, u, keys: Keys):
+    """``<u_t, pool(K_on up to t)>`` ``[b t h]`` (``token``: ``u_t[0]``; ``None`` without gates)."""
+    return agg.online_logit(aggregation, u, keys.online)
 
 
 # --- 3. read ---------------------------------------------------------------------------------------------------

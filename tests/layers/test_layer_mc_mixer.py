@@ -87,3 +87,18 @@ def test_zero_router_init_gives_uniform_gates_and_still_learns():
     assert float(jnp.abs(grads["u_proj"]["kernel"][...]).max()) > 1e-6
     with pytest.raises(ValueError, match="mixer.router_init='ones' is not one of"):
         MixerConfig(router_init="ones")
+
+
+def test_ablation_aggregations_token_and_uniform():
+    """``token``: one router logit per head (``u_proj`` d -> heads), zero-initialised it is ``uniform``, which has no
+    router at all; the token gates get gradients."""
+    token = MCMixer(config(memory="delta", aggregation="token", segment_size=3, router_init="zeros"), "mc",
+                    rngs=nnx.Rngs(0))
+    uniform = MCMixer(config(memory="delta", aggregation="uniform", segment_size=3), "mc", rngs=nnx.Rngs(1))
+    assert token.u_proj.kernel[...].shape == (32, 2) and uniform.u_proj is None
+    transplant(token, uniform)
+    x = jax.random.normal(jax.random.key(0), (2, 11, 32))
+    assert_allclose(jax.jit(lambda x: token(x))(x)[0], jax.jit(lambda x: uniform(x))(x)[0], "float32_tight")
+    graphdef, params, rest = nnx.split(token, nnx.Param, ...)
+    grads = jax.grad(lambda p: jnp.sum(nnx.merge(graphdef, p, rest)(x)[0] ** 2))(params)
+    assert float(jnp.abs(grads["u_proj"]["kernel"][...]).max()) > 1e-6
