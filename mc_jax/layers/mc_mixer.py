@@ -5,6 +5,8 @@
     q, k    = l2-normalised per head;  u = x W_u (grm / soup / ssc: Dk wide; token: 1);  gates = act(x W_g + b_g)
     y       = memory_caching(q, k, v, u, gates, params=W_0)                 (mc_jax.ops; no math here)
     out     = W_o (RMSNorm_head(y) * silu(x W_gate))      (norm: mixer.output_norm, gate: mixer.output_gate)
+              (the gate: mixer.gate_activation, an optional learned bias mixer.gate_bias, and mixer.gate_position
+              = before_norm: W_o RMSNorm_head(y * gate))
 
 Kind ``none`` is the same layer reading one memory: one segment spanning the whole sequence (``residual``, nothing
 cached). Its segment size is the sequence length (or the cache capacity when decoding) rounded up to the inner
@@ -19,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mc_jax.config import FEATURE_MAPS, ModelConfig
+from mc_jax.config import FEATURE_MAPS, GATE_ACTIVATIONS, ModelConfig
 from mc_jax.layers.conv import ShortConv
 from mc_jax.layers.gates import Gates
 from mc_jax.layers.mlp import dense
@@ -75,7 +77,9 @@ class MCMixer(nnx.Module):
                            head_dim=max(dk, dv))
         self.out_norm = (RMSNorm((h, dv), eps=config.norm_eps, dtype=dtype, param_dtype=pdtype)
                          if m.output_norm else None)
-        self.gate_proj = dense(d, h * dv, std=std, **kw) if m.output_gate else None
+        self.gate_proj = dense(d, h * dv, std=std, bias=m.gate_bias is not None, **kw) if m.output_gate else None
+        if self.gate_proj is not None and m.gate_bias is not None:  # starts at act(gate_bias)
+            self.gate_proj.bias[...] = jnp.full((h * dv,), m.gate_bias, pdtype)
         self.o_proj = dense(h * dv, d, std=out_std, **kw)
         if m.deep:  # learned initial MLP weights W_0, M(x) = x + W1 gelu(W2 x) (W2 maps D -> E*D)
             f = m.expansion * dk
@@ -143,9 +147,18 @@ class MCMixer(nnx.Module):
             settings = self._op_settings(cache.memory.config.segment_size)
             y, memory = memory_caching(q, k, v, cache=cache.memory, return_cache=True, **common, **settings)
             new_cache = MCMixerCache(sq, sk, sv, memory)
+        return self.o_proj(self._output(x, y)), new_cache
+
+    def _output(self, x: Float[Array, "b t d"], y: Float[Array, "b t h dv"]) -> Float[Array, "b t hv"]:
+        """The read through the per-head norm and the output gate, in ``mixer.gate_position`` order."""
+        b, t = x.shape[:2]
+        gate = None
+        if self.gate_proj is not None:
+            gate = GATE_ACTIVATIONS[self.settings.gate_activation](self.gate_proj(x)).reshape(y.shape)
+        if gate is not None and self.settings.gate_position == "before_norm":
+            y = y * gate
         if self.out_norm is not None:
             y = self.out_norm(y)
-        y = y.reshape(b, t, self.heads * self.dv)
-        if self.gate_proj is not None:
-            y = y * jax.nn.silu(self.gate_proj(x))
-        return self.o_proj(y), new_cache
+        if gate is not None and self.settings.gate_position == "after_norm":
+            y = y * gate
+        return y.reshape(b, t, self.heads * self.dv)
