@@ -152,8 +152,9 @@ class MixerConfig:
         _flag("mixer.output_gate", self.output_gate)
         _choice("mixer.gate_activation", self.gate_activation, tuple(GATE_ACTIVATIONS))
         _choice("mixer.gate_position", self.gate_position, GATE_POSITIONS)
-        if self.gate_bias is not None and (isinstance(self.gate_bias, bool) or not isinstance(self.gate_bias, int | float)
-                                           or not math.isfinite(self.gate_bias)):
+        bias = self.gate_bias
+        if bias is not None and (isinstance(bias, bool) or not isinstance(bias, int | float)
+                                 or not math.isfinite(bias)):
             raise ValueError(f"mixer.gate_bias must be a finite number or None; got {self.gate_bias!r}")
         if self.gate_position == "before_norm" and not self.output_norm:
             raise ValueError("mixer.gate_position='before_norm' puts the output gate before the per-head output norm; "
@@ -339,5 +340,6 @@ class ModelConfig:
         return dataclasses.replace(self, **changes)
 
 
-__all__ = ["DTYPES", "FEATURE_MAPS", "GATE_ACTIVATIONS", "GATE_POSITIONS", "INPUTS", "MIXER_KINDS", "MixerConfig", "ModelConfig", "RECURRENT_KINDS",
+__all__ = ["DTYPES", "FEATURE_MAPS", "GATE_ACTIVATIONS", "GATE_POSITIONS",
+           "INPUTS", "MIXER_KINDS", "MixerConfig", "ModelConfig", "RECURRENT_KINDS",
            "is_deep"]

@@ -146,5 +146,5 @@ def estimate(names: list[str], *, quick: bool = False, jobs: int = 2, verbose: b
     return lines
 
 
-__all__ = ["KIND_FACTOR", "MEMORY_FACTOR", "REFERENCE", "RUN_OVERHEAD", "RunCost", "estimate", "planned_runs", "run_seconds",
-           "wall_seconds"]
+__all__ = ["KIND_FACTOR", "MEMORY_FACTOR", "REFERENCE", "RUN_OVERHEAD", "RunCost", "estimate", "planned_runs",
+           "run_seconds", "wall_seconds"]

@@ -83,7 +83,8 @@ def test_post_training_fine_tune_starts_from_the_base_checkpoint(tmp_path):
     grid; ``posttrain`` loads it without training."""
     out = tmp_path / "runs"
     summary = run_experiment("e3", quick=True, out=out, results=tmp_path / "results", log=lambda *_: None)
-    assert {"passkey-base", "passkey-mc", "passkey-posttrain", "passkey-posttrain_ft", "passkey-base_ft"} <= set(summary)
+    names = ("base", "mc", "posttrain", "posttrain_ft", "base_ft")
+    assert {f"passkey-{n}" for n in names} <= set(summary)
     for name in ("posttrain_ft", "base_ft"):
         record = json.loads((out / "e3" / "jobs" / f"passkey-{name}-lr0.003-s0.json").read_text())
         assert record["source"] == "passkey-base-lr0.003-s0" and "niah" in record
