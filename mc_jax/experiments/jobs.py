@@ -140,8 +140,12 @@ def run_job(job: Job, out: str | Path) -> dict[str, Any]:
 
 
 def _run_job_safe(job: Job, out: str) -> tuple[Job, dict[str, Any]]:
+    from mc_jax.train import Preempted
+
     try:
         return job, run_job(job, out)
+    except Preempted:  # SIGTERM / Ctrl-C stops the suite (the run's checkpoint is saved), it does not skip a job
+        raise
     except Exception as err:  # noqa: BLE001 -- a failed job is recorded, not fatal for the suite (e.g. a diverging model)
         return job, {"id": job.id, "error": f"{type(err).__name__}: {err}"}
 

@@ -117,3 +117,17 @@ def test_cli_estimate_prints_the_plan_and_runs_nothing(tmp_path, capsys, monkeyp
     text = capsys.readouterr().out
     assert all(f"{name} " in text for name in EXPERIMENTS) and "with --jobs 2" in text and "total:" in text
     assert not any(tmp_path.iterdir())
+
+
+def test_a_preempted_job_stops_the_suite(tmp_path, monkeypatch):
+    """SIGTERM during a job (``Preempted``) must stop the suite, not be recorded as a failed job and skipped."""
+    from mc_jax.experiments import jobs as jobs_module
+    from mc_jax.train import Preempted
+
+    def preempted(job, out):
+        raise Preempted("SIGTERM: checkpoint saved", 3, tmp_path, "SIGTERM")
+
+    monkeypatch.setattr(jobs_module, "run_job", preempted)
+    with pytest.raises(Preempted):
+        run_jobs([Job("e5", "a", None, (), 0, lr=1e-3), Job("e5", "b", None, (), 0, lr=1e-3)], tmp_path,
+                 log=lambda *_: None)
