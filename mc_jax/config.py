@@ -33,6 +33,9 @@ ROUTER_INITS = ("normal", "zeros")
 FEATURE_MAPS = {"silu": jax.nn.silu, "identity": lambda x: x, "relu": jax.nn.relu}
 DTYPES = ("float32", "bfloat16", "float16")
 INPUTS = ("tokens", "pair_table")
+# the output gate's activation (y * act(x W_gate + b)) and where it sits relative to the per-head output norm
+GATE_ACTIVATIONS = {"silu": jax.nn.silu, "sigmoid": jax.nn.sigmoid}
+GATE_POSITIONS = ("after_norm", "before_norm")
 
 
 def _choice(name: str, value: object, options: tuple[str, ...]) -> None:
@@ -65,7 +68,10 @@ class MixerConfig:
     Attributes:
         kind: default mixer kind of a layer (``ModelConfig.pattern`` may mix kinds).
         memory: base memory, one of ``mc_jax.ops.memories.MEMORIES``.
-        aggregation: ``residual`` | ``grm`` | ``soup`` | ``ssc`` (``ssc`` needs ``top_k``).
+        aggregation: ``residual`` | ``grm`` | ``soup`` | ``ssc`` (``ssc`` needs ``top_k``) | ``token`` (token-only
+            gates: a per-head logit ``x_t w`` for the online memory against 0 for every cached one, no segment
+            context) | ``uniform`` (frozen ``1 / (n + 1)``, no router). The last two are the ablations of the
+            paper's Table 5 (docs/aggregation_ablations.md).
         segmentation: ``constant`` | ``log``.
         segment_size: tokens per segment (log: the smallest block).
         top_k: cached memories kept per token by ``ssc``; only valid with ``ssc``.
@@ -93,6 +99,14 @@ class MixerConfig:
             the piece that stalled the cached layer on one seed: docs/recall_experiments.md).
             ``feature_map=value_map="identity"`` with both of these off (and ``ModelConfig.mlp=False``) is the bare
             normalised linear-attention layer of the tiny recall protocol (``mc_jax/configs/train_tiny_mqar.py``).
+        gate_activation: the output gate's activation, ``silu`` (GLA style, the default) or ``sigmoid`` (a gate in
+            (0, 1)).
+        gate_bias: ``None`` (the default): the gate projection has no bias; a number: a learned per-channel bias
+            initialised to it, so the gate starts at ``act(gate_bias)`` instead of ``act(0)`` (silu: 0, sigmoid:
+            0.5): e.g. 2.0 starts it open (silu 1.76, sigmoid 0.88).
+        gate_position: ``after_norm`` (the default: ``W_o (norm(y) * gate)``) or ``before_norm`` (``W_o norm(y *
+            gate)``: the norm rescales the gated read, so the gate sets each channel's share but cannot shrink
+            the whole read; needs ``output_norm``).
         window: attention window (tokens, the query included) of ``sliding_window`` layers.
         rope_theta: RoPE base of the attention layers.
         impl: implementation switch passed to ``memory_caching``.
@@ -117,6 +131,9 @@ class MixerConfig:
     value_map: str = "silu"
     output_norm: bool = True
     output_gate: bool = True
+    gate_activation: str = "silu"
+    gate_bias: float | None = None
+    gate_position: str = "after_norm"
     window: int | None = None
     rope_theta: float = 10000.0
     impl: str = "auto"
@@ -133,6 +150,15 @@ class MixerConfig:
         _choice("mixer.value_map", self.value_map, FEATURE_MAPS)
         _flag("mixer.output_norm", self.output_norm)
         _flag("mixer.output_gate", self.output_gate)
+        _choice("mixer.gate_activation", self.gate_activation, tuple(GATE_ACTIVATIONS))
+        _choice("mixer.gate_position", self.gate_position, GATE_POSITIONS)
+        bias = self.gate_bias
+        if bias is not None and (isinstance(bias, bool) or not isinstance(bias, int | float)
+                                 or not math.isfinite(bias)):
+            raise ValueError(f"mixer.gate_bias must be a finite number or None; got {self.gate_bias!r}")
+        if self.gate_position == "before_norm" and not self.output_norm:
+            raise ValueError("mixer.gate_position='before_norm' puts the output gate before the per-head output norm; "
+                             "it needs mixer.output_norm=true (without the norm both positions are the same layer)")
         _choice("mixer.impl", self.impl, IMPLS)
         for name in ("segment_size", "expansion", "conv_width"):
             _positive(f"mixer.{name}", getattr(self, name))
@@ -314,5 +340,6 @@ class ModelConfig:
         return dataclasses.replace(self, **changes)
 
 
-__all__ = ["DTYPES", "FEATURE_MAPS", "INPUTS", "MIXER_KINDS", "MixerConfig", "ModelConfig", "RECURRENT_KINDS",
+__all__ = ["DTYPES", "FEATURE_MAPS", "GATE_ACTIVATIONS", "GATE_POSITIONS",
+           "INPUTS", "MIXER_KINDS", "MixerConfig", "ModelConfig", "RECURRENT_KINDS",
            "is_deep"]

@@ -156,8 +156,8 @@ def fused_gate_read(spec, cached, keys, u, q, y_online, online_layer, *, size, a
                     read_tokens=None):
     """grm / soup over matrix memories, constant segmentation: the gate softmax per query block fused into the read
     (:func:`mc_jax.ops.reads_gated.gated_read`, its own VJP); no ``[b, t, h, n]`` weights."""
-    return reads_gated.gated_read(q, u, online_logit(u, keys), y_online, cached.pooled, cached.memories, size=size,
-                                  block=_causal_block(cached.memories, q, size))
+    return reads_gated.gated_read(q, u, online_logit(aggregation, u, keys), y_online, cached.pooled, cached.memories,
+                                  size=size, block=_causal_block(cached.memories, q, size))
 
 
 def _enabled(stage, name: str) -> bool:

@@ -136,6 +136,7 @@ def e3(quick: bool) -> Plan:
     base = (_quick_train() if quick else ("train.steps=1500",)) + (
         "train.task.kind=niah", f"train.task.seq_len={seq}", "model.mixer.segment_size=32",
         "train.task.eval_examples=32")
+    finetune = ("train.steps=10", "train.warmup=2") if quick else ("train.steps=300", "train.warmup=30")
     models, after = [], []
     for needle in needles:
         common = base + (f"train.task.needle={needle}",)
@@ -144,10 +145,18 @@ def e3(quick: bool) -> Plan:
         models += [source, Job("e3", f"{needle}-mc", "tiny", common, 0, evaluate="niah", extra=options)]
         after.append(Job("e3", f"{needle}-posttrain", "tiny", common + ("model.mixer.router_init=zeros",), 0,
                          evaluate="posttrain", extra=options, source=source.group))
+        # fine-tuned from the base's checkpoint, all parameters (the router starts at zero), fresh optimizer; the
+        # control fine-tunes the uncached base for the same steps (what the extra steps alone do)
+        after += [Job("e3", f"{needle}-{name}", "tiny", common + ov + finetune, 0, evaluate="niah", extra=options,
+                      source=source.group)
+                  for name, ov in (("posttrain_ft", ("model.mixer.router_init=zeros",)),
+                                   ("base_ft", ("model.mixer.kind=none",)))]
     return Plan(models, (0,) if quick else (0, 1), (3e-3,), after=after,
                 notes=[("byte-level NIAH (compact template, noise haystack), tiny preset (gated linear, C = 32), "
-                       f"trained at {seq} tokens, one lr (3e-3); post-training MC = the base model's parameters in "
-                       "the MC model with a zero router (uniform average, no new parameters), no fine-tuning")])
+                       f"trained at {seq} tokens, one lr (3e-3); posttrain = the base model's parameters in the MC "
+                       "model with a zero router (uniform average, no new parameters), no fine-tuning; posttrain_ft "
+                       f"= the same fine-tuned ({finetune[0].split('=')[1]} steps, all parameters, fresh optimizer, "
+                       "the base's lr); base_ft = the uncached base fine-tuned the same way (the control)")])
 
 
 # ---- E4: character-level language modelling --------------------------------------------------------------------------
@@ -168,21 +177,58 @@ def e4(quick: bool) -> Plan:
 def e5(quick: bool) -> Plan:
     base = _quick_train() + _kv(8) if quick else _kv(32)
     variants = {"grm": (), "residual": ("model.mixer.aggregation=residual",),
+                "token_gates": ("model.mixer.aggregation=token",), "uniform": ("model.mixer.aggregation=uniform",),
                 "grm_router_zeros": ("model.mixer.router_init=zeros",),
                 "grm_checkpoint": ("model.mixer.init=checkpoint",)}  # grm: independent, C = 8
     for c in ((4,) if quick else (4, 16, 32)):  # C = 8 is the default ("grm")
         variants[f"grm_C{c}"] = (f"model.mixer.segment_size={c}",)
     if quick:
-        variants = {k: v for k, v in variants.items() if k in ("grm", "residual")}
+        variants = {k: v for k, v in variants.items() if k in ("grm", "residual", "token_gates", "uniform")}
     models = [Job("e5", name, None, base + ov, 0, evaluate="stacked") for name, ov in variants.items()]
     return Plan(models, (0,) if quick else (0, 1, 2), (3e-3,),
-                notes=[("linear memory on stacked MQAR, default protocol lr 3e-3; not run (no such aggregation in "
-                       "the library): token-only gates without segment context, frozen uniform weights")])
+                notes=[("linear memory on stacked MQAR, default protocol lr 3e-3; token_gates: the gates from the "
+                        "token alone (online memory's logit x_t w against 0 for every cached one, no segment "
+                        "context); uniform: frozen 1 / (n + 1), no router (docs/aggregation_ablations.md)")])
 
 
-EXPERIMENTS = {"e1": e1, "e1s": e1_search, "e2": e2, "e3": e3, "e4": e4, "e5": e5}
+# ---- EB: the block design (issue 16 item 1: the default block's output gate stalls stacked MQAR) ------------------
+FULL_BLOCK = ("model.mlp=true", "model.mixer.feature_map=silu", "model.mixer.value_map=silu",
+              "model.mixer.output_norm=true", "model.mixer.output_gate=true")  # the library's default block
+
+
+def eb_designs() -> dict[str, tuple[str, ...]]:
+    """Block designs on the stacked-MQAR preset: name -> overrides (MC unless the name ends in ``-none``)."""
+    bias = ("model.mixer.gate_bias=2.0",)
+    return {
+        "bare": (), "bare-none": ("model.mixer.kind=none",),
+        "bare_gate": ("model.mixer.output_gate=true",),
+        "default_block": FULL_BLOCK, "default_block-none": FULL_BLOCK + ("model.mixer.kind=none",),
+        "no_gate": FULL_BLOCK + ("model.mixer.output_gate=false",),
+        "gate_bias2": FULL_BLOCK + bias,
+        "sigmoid_bias2": FULL_BLOCK + bias + ("model.mixer.gate_activation=sigmoid",),
+        "gate_before_norm": FULL_BLOCK + ("model.mixer.gate_position=before_norm",),
+        "gate_before_norm_bias2": FULL_BLOCK + bias + ("model.mixer.gate_position=before_norm",),
+    }
+
+
+def eb(quick: bool) -> Plan:
+    designs = eb_designs()
+    if quick:
+        designs = {k: v for k, v in designs.items() if k in ("bare", "default_block", "gate_bias2")}
+    base = _quick_train() + _kv(8) if quick else ()
+    models = [Job("eb", name, None, base + ov, 0, evaluate="stacked") for name, ov in designs.items()]
+    return Plan(models, (0,) if quick else (0, 1, 2), (3e-3,),
+                notes=[("block designs on stacked MQAR (mc_jax/configs/train_tiny_mqar.py: 1 layer, d_model 32, "
+                        "kv 32, C = 8, init_std 0.1, conv 1, lr 3e-3, no weight decay), the same training for every "
+                        "design; default_block = silu q/k/v maps, per-head output norm, output gate "
+                        "y * silu(x W_gate), SwiGLU MLP; gate_bias2: a learned gate bias starting at 2 (silu 1.76, "
+                        "sigmoid 0.88: open); gate_before_norm: W_o norm(y * gate)")])
+
+
+EXPERIMENTS = {"e1": e1, "e1s": e1_search, "e2": e2, "e3": e3, "e4": e4, "e5": e5, "eb": eb}
 TITLES = {"e1": "E1 stacked MQAR capacity", "e1s": "E1 search: segment size, aggregation, pooling",
           "e2": "E2 token MQAR, full block", "e3": "E3 needle in a haystack",
-          "e4": "E4 character-level LM", "e5": "E5 ablation (Table 5 mirror)"}
+          "e4": "E4 character-level LM", "e5": "E5 ablation (Table 5 mirror)", "eb": "EB block design"}
 
-__all__ = ["EXPERIMENTS", "TITLES", "Plan", "e1", "e1_variants", "e2", "e3", "e4", "e5"]
+__all__ = ["EXPERIMENTS", "FULL_BLOCK", "TITLES", "Plan", "e1", "e1_variants", "e2", "e3", "e4", "e5", "eb",
+           "eb_designs"]

@@ -112,18 +112,17 @@ def transplant(source_params: dict, target_params: dict, allowed_new: tuple[str,
 
 def post_training(out: Path, job, config) -> dict[str, Any]:
     """Load the checkpoint of job ``job.source`` into ``config.model`` (MC, zero router) and run the NIAH grid."""
-    from mc_jax.eval.load import model_state
+    from mc_jax.experiments.jobs import source_dir
     from mc_jax.models import create_model
+    from mc_jax.models.pure import PureModel
     from mc_jax.train.step import merge_model, split_model
 
     if config.model.mixer.router_init != "zeros":
         raise ValueError("post-training MC needs model.mixer.router_init=zeros (a uniform average at the start)")
-    source = _loaded(Path(out) / job.exp / "runs" / job.source) if job.source else None
-    if source is None:
-        raise ValueError(f"post-training job {job.id} names no source job")
+    source = _loaded(source_dir(out, job))
     graphdef, params, rest = split_model(create_model(config.model, config.train.seed))
     model = merge_model(graphdef, transplant(source.params, params), rest)
-    pure, state = model_state(model)
+    pure, state = PureModel.split(model)
     result = niah(pure, state, config, job.options())
     result["source"] = job.source
     return result

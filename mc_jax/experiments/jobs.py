@@ -32,7 +32,9 @@ class Job:
     ``group``: the model the job belongs to (jobs of a group differ only in seed / learning rate); ``evaluate``:
     ``"final"`` (the run's held-out accuracy), ``"stacked"`` (+ accuracy by the segment of the queried pair),
     ``"niah"`` (+ a depth x length grid), ``"lm"`` (+ bits per byte and loss by position), ``"posttrain"`` (no
-    training: the checkpoint of job ``source`` loaded into this job's model, then the NIAH grid).
+    training: the checkpoint of job ``source`` loaded into this job's model, then the NIAH grid). With any other
+    evaluation, ``source`` names the job whose checkpoint starts this run (``train(init_from=...)``: every
+    parameter from it, the router new; a fine-tune of all parameters, fresh optimizer, this job's steps).
     """
 
     exp: str
@@ -89,6 +91,13 @@ def run_dir(out: Path, job: Job) -> Path:
     return out / job.exp / "runs" / job.id
 
 
+def source_dir(out: Path, job: Job) -> Path:
+    """The run directory of the job ``job.source`` names (same experiment)."""
+    if job.source is None:
+        raise ValueError(f"job {job.id} names no source job")
+    return Path(out) / job.exp / "runs" / job.source
+
+
 def load_result(out: Path, job: Job) -> dict[str, Any] | None:
     path = job_file(out, job)
     return json.loads(path.read_text()) if path.exists() else None
@@ -120,7 +129,10 @@ def run_job(job: Job, out: str | Path) -> dict[str, Any]:
         record.update(evaluation.post_training(out, job, config))
     else:
         rdir = run_dir(out, job)
-        result = train(config, rdir, overwrite=rdir.exists(), progress=False)
+        init_from = None if job.source is None else source_dir(out, job)
+        result = train(config, rdir, overwrite=rdir.exists(), progress=False, init_from=init_from)
+        if job.source is not None:
+            record["source"] = job.source
         record.update({"accuracy": result.final_eval.get("accuracy"), "eval": result.final_eval,
                        "train_loss": result.train_loss if math.isfinite(result.train_loss) else None,
                        "tokens_per_s": result.tokens_per_s, "num_params": result.num_params})
@@ -139,10 +151,14 @@ def _remember_suite(pid: int) -> None:
 
 
 def _run_job_safe(job: Job, out: str) -> tuple[Job, dict[str, Any]]:
+    from mc_jax.train import Preempted
+
     if _SUITE_PID is not None and os.getppid() != _SUITE_PID:  # the suite is gone: start nothing more
         return job, {"id": job.id, "error": "the suite process ended before this job started"}
     try:
         return job, run_job(job, out)
+    except Preempted:  # SIGTERM / Ctrl-C stops the suite (the run's checkpoint is saved), it does not skip a job
+        raise
     except Exception as err:  # noqa: BLE001 -- a failed job is recorded, not fatal for the suite (e.g. a diverging model)
         return job, {"id": job.id, "error": f"{type(err).__name__}: {err}"}
 
@@ -234,6 +250,7 @@ __all__ = [
     "lr_sweep",
     "run_dir",
     "run_job",
+    "source_dir",
     "run_jobs",
     "score",
 ]

@@ -31,6 +31,8 @@ PAPER = {
           "SWLA 52.55 -> +GRM 54.60 average commonsense accuracy.",
     "e5": "Ablation (Table 3/5 [S], Titans + GRM retrieval average 40.5): without context-dependent gamma 33.0, "
           "without gating 32.4; perplexity barely moves (13.3-13.7).",
+    "eb": "Not in the paper (its blocks follow each base model's own design); the project's question: does the "
+          "library's default block learn recall at least as well as the bare layer?",
 }
 
 
@@ -192,9 +194,23 @@ def verdict(name: str, summary: dict[str, dict[str, Any]]) -> list[str]:
                        f"({s['mc']['mean']:.3f} vs {s['none']['mean']:.3f})")
     elif name == "e3":
         for needle in sorted({g.split("-")[0] for g in s}):
-            vals = {v: s[f"{needle}-{v}"]["mean"] for v in ("base", "mc", "posttrain") if f"{needle}-{v}" in s}
+            vals = {v: s[f"{needle}-{v}"]["mean"] for v in ("base", "mc", "posttrain", "base_ft", "posttrain_ft")
+                    if f"{needle}-{v}" in s}
             out.append(f"{needle}: mean exact match " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in vals.items()))
+    elif name == "eb" and "bare" in s:
+        for g in sorted(s):
+            if g != "bare" and not g.endswith("-none"):
+                ok = s[g]["mean"] >= s["bare"]["mean"] - 0.02
+                out.append(f"{g}: {100 * s[g]['mean']:.1f} vs bare {100 * s['bare']['mean']:.1f} "
+                           f"(min over seeds {100 * min(s[g]['values']):.1f}): "
+                           + ("at least as good as the bare layer (within 2 points)" if ok else "below the bare layer"))
     elif name == "e5":
+        for ablation, claim in (("token_gates", "without context-dependent gamma"), ("uniform", "uniform weights")):
+            if "grm" in s and ablation in s:
+                below = s[ablation]["mean"] < s["grm"]["mean"]
+                out.append(f"{ablation} ({claim}) {'below' if below else 'not below'} grm "
+                           f"({100 * s[ablation]['mean']:.1f} vs {100 * s['grm']['mean']:.1f}): the paper's drop "
+                           + ("holds" if below else "does not hold") + " here")
         if "grm" in s and "residual" in s:
             out.append(f"grm {'above' if s['grm']['mean'] > s['residual']['mean'] else 'not above'} residual "
                        f"({100 * s['grm']['mean']:.1f} vs {100 * s['residual']['mean']:.1f}): the paper's gating "

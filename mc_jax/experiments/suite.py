@@ -44,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=1, help="training jobs at a time (worker processes)")
     p.add_argument("--out", default=None, help="job JSONs and run directories (default runs/experiments[_quick])")
     p.add_argument("--results", default=None, help="tables and plots (default docs/results; quick: <out>/results)")
+    p.add_argument("--estimate", "--plan", action="store_true",
+                   help="print the planned runs and the estimated wall time (at 1 job and at --jobs, 2 by default "
+                        "here); run nothing")
+    p.add_argument("--verbose", action="store_true", help="with --estimate: every model's runs and cost")
     return p
 
 
@@ -57,6 +61,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown experiment {args.name!r}; choose one of {', '.join(EXPERIMENTS)} or 'all'",
               file=sys.stderr)
         return 2
+    if args.estimate:
+        from mc_jax.experiments.budget import estimate
+
+        jobs = args.jobs if args.jobs > 1 else 2
+        print("\n".join(estimate(names, quick=args.quick, jobs=jobs, verbose=args.verbose)))
+        return 0
     # SIGTERM (kill, a scheduler's stop) unwinds like Ctrl-C, so queued jobs are cancelled and no worker outlives us
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum)) if in_main_thread else None

@@ -2,9 +2,11 @@
 
     q, k, v = conv4(phi(x W_q)), conv4(phi(x W_k)), conv4(psi(x W_v))       (causal depthwise convolutions)
     (phi = mixer.feature_map, psi = mixer.value_map, silu by default)
-    q, k    = l2-normalised per head;  u = x W_u (grm / soup / ssc);  gates = act(x W_g + b_g) per head
+    q, k    = l2-normalised per head;  u = x W_u (grm / soup / ssc: Dk wide; token: 1);  gates = act(x W_g + b_g)
     y       = memory_caching(q, k, v, u, gates, params=W_0)                 (mc_jax.ops; no math here)
     out     = W_o (RMSNorm_head(y) * silu(x W_gate))      (norm: mixer.output_norm, gate: mixer.output_gate)
+              (the gate: mixer.gate_activation, an optional learned bias mixer.gate_bias, and mixer.gate_position
+              = before_norm: W_o RMSNorm_head(y * gate))
 
 Kind ``none`` is the same layer reading one memory: one segment spanning the whole sequence (``residual``, nothing
 cached). Its segment size is the sequence length (or the cache capacity when decoding) rounded up to the inner
@@ -15,16 +17,16 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mc_jax.config import FEATURE_MAPS, ModelConfig
+from mc_jax.config import FEATURE_MAPS, GATE_ACTIVATIONS, ModelConfig
 from mc_jax.layers.conv import ShortConv
 from mc_jax.layers.gates import Gates
 from mc_jax.layers.mlp import dense
 from mc_jax.layers.norms import RMSNorm, l2_normalize
 from mc_jax.ops import MCCache, init_cache, memory_caching
+from mc_jax.ops.aggregation import GATED
 from mc_jax.ops.utils import ceil_div
 from mc_jax.parallel.shard_op import sharded_memory_caching
 from mc_jax.typing import Array, Float
@@ -67,12 +69,16 @@ class MCMixer(nnx.Module):
         self.k_conv = ShortConv(h * dk, m.conv_width, **kw)
         self.v_conv = ShortConv(h * dv, m.conv_width, **kw)
         u_std = std if m.router_init == "normal" else 0.0  # zeros: uniform gates at initialisation
-        self.u_proj = dense(d, h * dk, std=u_std, **kw) if self.aggregation != "residual" else None
+        # content routers (grm / soup / ssc) are Dk wide; token-only gates one logit per head; residual, uniform none
+        self.u_width = 1 if self.aggregation == "token" else dk
+        self.u_proj = dense(d, h * self.u_width, std=u_std, **kw) if self.aggregation in GATED else None
         self.gates = Gates(d, h, m.gate_names, rngs=rngs, std=std, param_dtype=pdtype, memory=m.memory,
                            head_dim=max(dk, dv))
         self.out_norm = (RMSNorm((h, dv), eps=config.norm_eps, dtype=dtype, param_dtype=pdtype)
                          if m.output_norm else None)
-        self.gate_proj = dense(d, h * dv, std=std, **kw) if m.output_gate else None
+        self.gate_proj = dense(d, h * dv, std=std, bias=m.gate_bias is not None, **kw) if m.output_gate else None
+        if self.gate_proj is not None and m.gate_bias is not None:  # starts at act(gate_bias)
+            self.gate_proj.bias[...] = jnp.full((h * dv,), m.gate_bias, pdtype)
         self.o_proj = dense(h * dv, d, std=out_std, **kw)
         if m.deep:  # learned initial MLP weights W_0, M(x) = x + W1 gelu(W2 x) (W2 maps D -> E*D)
             f = m.expansion * dk
@@ -128,7 +134,7 @@ class MCMixer(nnx.Module):
         k, sk = self.k_conv(phi(self.k_proj(x)), states[1])
         v, sv = self.v_conv(FEATURE_MAPS[self.settings.value_map](self.v_proj(x)), states[2])
         q, k, v = l2_normalize(heads(q, self.dk)), l2_normalize(heads(k, self.dk)), heads(v, self.dv)
-        u = None if self.u_proj is None else heads(self.u_proj(x), self.dk)
+        u = None if self.u_proj is None else heads(self.u_proj(x), self.u_width)
         top_k = self.settings.top_k if self.aggregation == "ssc" else None
         common = dict(u=u, aggregation=self.aggregation, top_k=top_k, gates=self.gates(x), impl=self.settings.impl)
         if cache is None:
@@ -140,9 +146,18 @@ class MCMixer(nnx.Module):
             settings = self._op_settings(cache.memory.config.segment_size)
             y, memory = memory_caching(q, k, v, cache=cache.memory, return_cache=True, **common, **settings)
             new_cache = MCMixerCache(sq, sk, sv, memory)
+        return self.o_proj(self._output(x, y)), new_cache
+
+    def _output(self, x: Float[Array, "b t d"], y: Float[Array, "b t h dv"]) -> Float[Array, "b t hv"]:
+        """The read through the per-head norm and the output gate, in ``mixer.gate_position`` order."""
+        b, t = x.shape[:2]
+        gate = None
+        if self.gate_proj is not None:
+            gate = GATE_ACTIVATIONS[self.settings.gate_activation](self.gate_proj(x)).reshape(y.shape)
+        if gate is not None and self.settings.gate_position == "before_norm":
+            y = y * gate
         if self.out_norm is not None:
             y = self.out_norm(y)
-        y = y.reshape(b, t, self.heads * self.dv)
-        if self.gate_proj is not None:
-            y = y * jax.nn.silu(self.gate_proj(x))
-        return self.o_proj(y), new_cache
+        if gate is not None and self.settings.gate_position == "after_norm":
+            y = y * gate
+        return y.reshape(b, t, self.heads * self.dv)

@@ -156,8 +156,9 @@ def read_step(cache: MCCache, xs: Chunk, spec: MemorySpec, stages: Stages, *, ag
     count = (cache.position % size + jnp.cumsum(xs.valid)).astype(keys.dtype)[None, :, None, None]
     online_pooled = agg.pool_keys(cache.key_sums[0][:, None] + jnp.cumsum(keys, axis=1), count, pool)
     us = xs.u
-    online_logit = None if us is None else jnp.einsum("bchd,bchd->bch", us, online_pooled)
-    cached_logits = None if us is None else jnp.einsum("bchd,bhmd->bchm", us, cache.slot_keys)
+    online_logit = agg.online_logit(aggregation, us, online_pooled)
+    content = agg.content_u(aggregation, us)
+    cached_logits = None if content is None else jnp.einsum("bchd,bhmd->bchm", content, cache.slot_keys)
     available = jnp.broadcast_to(cache.slot_valid, (b, chunk, h, cache.capacity))
     gamma, gamma_on = agg.weights(aggregation, cached_logits, online_logit, available, top_k)
     slots = jax.tree.map(lambda s: jnp.moveaxis(s, 2, 1), cache.slots)  # b m h ...

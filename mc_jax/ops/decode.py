@@ -88,7 +88,8 @@ def _cached_part(spec, aggregation, top_k, slots, slot_keys, slot_valid, width: 
     """``(gamma [b h m], gamma_on [b h], mix)`` over the first ``width`` slots (``slot_valid``: the readable ones)."""
     # slots are read in place: the loop of read_slots stops at ``width`` (a slice would be a copy)
     available = jnp.broadcast_to(slot_valid[:width], (q.shape[0], q.shape[2], width))
-    logits = None if u is None else jnp.einsum("bhd,bhmd->bhm", u, slot_keys[:, :, :width])
+    content = agg.content_u(aggregation, u)
+    logits = None if content is None else jnp.einsum("bhd,bhmd->bhm", content, slot_keys[:, :, :width])
     gamma, gamma_on = agg.weights(aggregation, logits, online_logit, available, top_k)
     if aggregation == "ssc" and top_k < width:
         slots, gamma_read = _gather_top_k(slots, gamma, logits, available, top_k)
@@ -120,7 +121,7 @@ def mc_decode_step(q, k, v, u, gates, cache: MCCache, spec: MemorySpec, *, aggre
 
     count = (cache.position % segment_size + 1).astype(sd)
     online_pooled = agg.pool_keys(cache.key_sums[0] + k[:, 0], count, pool)
-    online_logit = None if u is None else jnp.einsum("bhd,bhd->bh", u[:, 0], online_pooled)
+    online_logit = agg.online_logit(aggregation, None if u is None else u[:, 0], online_pooled)
 
     # Append first, then read the appended cache with the old validity: a slot this token fills or clears is not
     # one it reads (or is unchanged), and reading the updated buffer lets XLA update the slots in place (reading the

@@ -82,8 +82,8 @@ def cap_segment_size(segment_size: int, length: int, chunk: int) -> int:
     return min(segment_size, ceil_div(length, chunk) * chunk)
 
 
-def _check_arrays(q, k, v, u) -> None:
-    """``q, k, u [B, T, H, Dk]`` and ``v [B, T, H, Dv]``, floating, ``T >= 1``."""
+def _check_arrays(q, k, v, u, aggregation: str = "grm") -> None:
+    """``q, k, u [B, T, H, Dk]`` (``token`` gates: ``u [B, T, H, 1]``) and ``v [B, T, H, Dv]``, floating, ``T >= 1``."""
     for name, x in (("q", q), ("k", k), ("v", v)) + ((("u", u),) if u is not None else ()):
         if jnp.ndim(x) != 4:
             raise ValueError(f"{name} must be [B, T, H, D] (token-major); got shape {jnp.shape(x)}")
@@ -93,7 +93,10 @@ def _check_arrays(q, k, v, u) -> None:
         raise ValueError(f"k must have the shape of q {q.shape}; got {k.shape}")
     if v.shape[:3] != q.shape[:3]:
         raise ValueError(f"v must be [B, T, H, Dv] with B, T, H = {q.shape[:3]}; got {v.shape}")
-    if u is not None and u.shape != q.shape:
+    if u is not None and aggregation == "token" and u.shape != q.shape[:3] + (1,):
+        raise ValueError(f"aggregation='token' takes u [B, T, H, 1] (each token's logit for its online memory, "
+                         f"against 0 for every cached one); got {u.shape}, expected {q.shape[:3] + (1,)}")
+    if u is not None and aggregation != "token" and u.shape != q.shape:
         raise ValueError(f"u must have the shape of q {q.shape}; got {u.shape}")
     if q.shape[1] < 1:
         raise ValueError("the sequence is empty (T = 0); pass at least one token")
@@ -169,9 +172,11 @@ def memory_caching(
     Args:
         q, k: queries and keys ``[B, T, H, Dk]``; no scaling or normalisation is applied here.
         v: values ``[B, T, H, Dv]``.
-        u: gate / router queries ``[B, T, H, Dk]``; required by ``grm``, ``soup`` and ``ssc``.
+        u: gate / router queries ``[B, T, H, Dk]``; required by ``grm``, ``soup`` and ``ssc``. ``token`` takes
+            ``[B, T, H, 1]``: each token's logit for its online memory (every cached memory's logit is 0).
         memory: ``linear``, ``gated_linear``, ``delta``, ``swla``, ``dla`` or ``titans``.
-        aggregation: ``residual``, ``grm``, ``soup`` or ``ssc``.
+        aggregation: ``residual``, ``grm``, ``soup``, ``ssc``, ``token`` (token-only gates, no segment context) or
+            ``uniform`` (``1 / (n + 1)`` for the online memory and each of the ``n`` available cached ones).
         segmentation: ``constant`` (segments of ``segment_size``) or ``log`` (Fenwick groups of blocks).
         segment_size: tokens per segment (``constant``) or per smallest block (``log``).
         top_k: cached memories kept per token by ``ssc`` (the online one is always kept).
@@ -208,9 +213,10 @@ def memory_caching(
     """
     spec = get_memory(memory)
     _check_settings(aggregation, segmentation, segment_size, top_k, init, pool, impl)
-    _check_arrays(q, k, v, u)
+    _check_arrays(q, k, v, u, aggregation)
     if aggregation in agg.GATED and u is None:
-        raise ValueError(f"aggregation={aggregation!r} needs u [B, T, H, Dk] for its gate / router logits")
+        width = "1" if aggregation == "token" else "Dk"
+        raise ValueError(f"aggregation={aggregation!r} needs u [B, T, H, {width}] for its gate / router logits")
     b, t, h, dk = q.shape
     dv = v.shape[-1]
     chunk = resolve_chunk(spec, segment_size, chunk_size)

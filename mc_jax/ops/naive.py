@@ -119,11 +119,15 @@ def naive_memory_caching(q, k, v, u, gates, init_state, spec: MemorySpec, *, agg
         online = memory_of(online_start, t)
         mems = [memory_of(s, e - 1) for s, e in ranges]
         q_t = q[:, t]
-        if aggregation == "residual":
-            gamma_on, gammas = jnp.ones((batch, q.shape[2])), [jnp.ones((batch, q.shape[2]))] * len(mems)
+        if aggregation in ("residual", "uniform"):
+            share = 1.0 if aggregation == "residual" else 1.0 / (1 + len(mems))
+            gamma_on, gammas = jnp.full((batch, q.shape[2]), share), [jnp.full((batch, q.shape[2]), share)] * len(mems)
         else:
-            logit_on = jnp.einsum("bhd,bhd->bh", u[:, t], pooled(online_start, t))
-            logits = [jnp.einsum("bhd,bhd->bh", u[:, t], pooled(s, e - 1)) for s, e in ranges]
+            if aggregation == "token":  # the token's own logit for the online memory, 0 for every cached one
+                logit_on, logits = u[:, t, :, 0], [jnp.zeros((batch, q.shape[2]), u.dtype)] * len(ranges)
+            else:
+                logit_on = jnp.einsum("bhd,bhd->bh", u[:, t], pooled(online_start, t))
+                logits = [jnp.einsum("bhd,bhd->bh", u[:, t], pooled(s, e - 1)) for s, e in ranges]
             keep = [jnp.ones_like(logit_on, dtype=bool) for _ in logits]
             if aggregation == "ssc" and len(logits) > top_k:
                 # rank of each cached logit, largest first (ties: the older segment first)

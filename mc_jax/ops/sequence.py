@@ -8,6 +8,7 @@ steps so that every run of every level is whole.
 
 from __future__ import annotations
 
+from mc_jax.ops import aggregation as agg
 from mc_jax.ops.memories import MemorySpec
 from mc_jax.ops.segmentation import num_levels
 from mc_jax.ops.stages import (
@@ -64,7 +65,7 @@ def mc_sequence(
     y_online = read_online(q, k, gates)
 
     keys = pooled_keys(k, valid, t, size, pool)
-    cached = CACHED[segmentation](comp, keys, u, size=size, levels=levels, pool=pool)
+    cached = CACHED[segmentation](comp, keys, agg.content_u(aggregation, u), size=size, levels=levels, pool=pool)
     read_tokens = lambda gamma: stages.read_tokens(spec, q, k, v, gates, init_state, gamma, segmentation=segmentation,
                                                    segment_size=size, init=init, aggregation=aggregation)
     y = stages.weights_read(spec, cached, keys, u, q, y_online, online_layer, size=size, aggregation=aggregation,

@@ -69,7 +69,8 @@ def xla_weights_read(spec: MemorySpec, cached: Cached, keys: Keys, u, q, y_onlin
     """Weights, read and combine in order: ``gamma [b t h m]`` from the cached logits, then the cached read (from
     the tokens when ``read_tokens(gamma)`` gives one, else ``stages``' read of the cached layout), then
     :func:`combine` (the whole-sequence output ``[b t h dv]``)."""
-    gamma, gamma_on = agg.weights(aggregation, cached.logits, online_logit(u, keys), cached.available, top_k)
+    gamma, gamma_on = agg.weights(aggregation, cached.logits, online_logit(aggregation, u, keys), cached.available,
+                                  top_k)
     y_cached = read_tokens(gamma)
     if y_cached is None:
         mix = cached_reader(stages, spec, cached, gamma, size=size, aggregation=aggregation, top_k=top_k)
@@ -277,9 +278,9 @@ def cached_log(comp: Compressed, keys: Keys, u, *, size: int, levels: int, pool:
 CACHED = {"constant": cached_constant, "log": cached_log}
 
 
-def online_logit(u, keys: Keys):
-    """``<u_t, pool(K_on up to t)>`` ``[b t h]`` (``None`` without gates)."""
-    return None if u is None else jnp.einsum("bthd,bthd->bth", u, keys.online)
+def online_logit(aggregation: str, u, keys: Keys):
+    """``<u_t, pool(K_on up to t)>`` ``[b t h]`` (``token``: ``u_t[0]``; ``None`` without gates)."""
+    return agg.online_logit(aggregation, u, keys.online)
 
 
 # --- 3. read ---------------------------------------------------------------------------------------------------

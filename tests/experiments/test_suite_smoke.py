@@ -9,7 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from mc_jax.experiments import report
+from mc_jax.experiments import budget, report
+from mc_jax.experiments.definitions import EXPERIMENTS
 from mc_jax.experiments.evaluation import transplant
 from mc_jax.experiments.jobs import Job, run_jobs
 from mc_jax.experiments.suite import main, run_experiment
@@ -22,9 +23,10 @@ from mc_jax.train.step import split_model
 def test_quick_experiment_writes_jobs_tables_plots_and_resumes(tmp_path):
     out, results = tmp_path / "runs", tmp_path / "results"
     summary = run_experiment("e5", quick=True, out=out, results=results, log=lambda *_: None)
-    assert set(summary) == {"grm", "residual"}
+    assert set(summary) == {"grm", "residual", "token_gates", "uniform"}
     jobs = sorted((out / "e5" / "jobs").glob("*.json"))
-    assert [p.name for p in jobs] == ["grm-lr0.003-s0.json", "residual-lr0.003-s0.json"]
+    assert [p.name for p in jobs] == ["grm-lr0.003-s0.json", "residual-lr0.003-s0.json",
+                                      "token_gates-lr0.003-s0.json", "uniform-lr0.003-s0.json"]
     record = json.loads(jobs[0].read_text())
     for key in ("config", "seed", "accuracy", "wall_seconds", "git_revision", "by_segment"):
         assert key in record, key
@@ -111,3 +113,59 @@ def test_worker_starts_no_job_after_the_suite_is_gone(tmp_path, monkeypatch):
     _, result = jobs_mod._run_job_safe(job, str(tmp_path))
     assert "suite process ended" in result["error"]
     assert not (tmp_path / "e").exists()  # nothing started, nothing written
+
+
+@pytest.mark.slow
+def test_post_training_fine_tune_starts_from_the_base_checkpoint(tmp_path):
+    """E3 quick: ``posttrain_ft`` / ``base_ft`` train from the base job's checkpoint (``init_from``) and get the NIAH
+    grid; ``posttrain`` loads it without training."""
+    out = tmp_path / "runs"
+    summary = run_experiment("e3", quick=True, out=out, results=tmp_path / "results", log=lambda *_: None)
+    names = ("base", "mc", "posttrain", "posttrain_ft", "base_ft")
+    assert {f"passkey-{n}" for n in names} <= set(summary)
+    for name in ("posttrain_ft", "base_ft"):
+        record = json.loads((out / "e3" / "jobs" / f"passkey-{name}-lr0.003-s0.json").read_text())
+        assert record["source"] == "passkey-base-lr0.003-s0" and "niah" in record
+        final = json.loads((out / "e3" / "runs" / record["id"] / "final.json").read_text())
+        assert "passkey-base-lr0.003-s0" in final["init_from"]["checkpoint"], final["init_from"]
+        assert final["step"] == 10
+    assert "posttrain_ft" in (tmp_path / "results" / "e3" / "table.md").read_text()
+
+
+def test_estimate_counts_the_planned_runs_and_schedules_them():
+    plan = EXPERIMENTS["e2"](False)  # 3 models, lr sweep over 3 rates on the validation seed, 2 seeds
+    runs = budget.planned_runs(plan)
+    assert [sum(r.phase == p for r in runs) for p in ("sweep", "final", "after")] == [9, 6, 0]
+    e3 = budget.planned_runs(EXPERIMENTS["e3"](False))
+    assert sum(r.phase == "after" for r in e3) == 3 * 3 * 2  # posttrain, posttrain_ft, base_ft x needles x seeds
+    assert all(r.seconds > budget.RUN_OVERHEAD for r in runs)
+    # the calibration point: a linear GRM stacked-MQAR run of 1500 steps at kv 32, alone
+    ref = [r for r in budget.planned_runs(EXPERIMENTS["e5"](False)) if r.job.group == "grm"][0]
+    assert ref.seconds == pytest.approx(budget.REFERENCE["seconds"], rel=0.02)
+    deep = budget.run_seconds(Job("e1", "x", None, ("model.mixer.memory=titans",), 0, lr=1e-3))
+    assert 4 <= (deep - budget.RUN_OVERHEAD) / budget.REFERENCE["seconds"] <= 6
+    fake = [budget.RunCost(Job("e", str(i), None, (), 0), "final", c) for i, c in enumerate((4.0, 3.0, 3.0, 2.0))]
+    assert budget.wall_seconds(fake, 1) == 12.0
+    assert budget.wall_seconds(fake, 2) == pytest.approx(6.0 * budget.SHARED_SLOWDOWN[2])  # {4, 2} and {3, 3}
+
+
+def test_cli_estimate_prints_the_plan_and_runs_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["all", "--estimate", "--quick"]) == 0
+    text = capsys.readouterr().out
+    assert all(f"{name} " in text for name in EXPERIMENTS) and "with --jobs 2" in text and "total:" in text
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_preempted_job_stops_the_suite(tmp_path, monkeypatch):
+    """SIGTERM during a job (``Preempted``) must stop the suite, not be recorded as a failed job and skipped."""
+    from mc_jax.experiments import jobs as jobs_module
+    from mc_jax.train import Preempted
+
+    def preempted(job, out):
+        raise Preempted("SIGTERM: checkpoint saved", 3, tmp_path, "SIGTERM")
+
+    monkeypatch.setattr(jobs_module, "run_job", preempted)
+    with pytest.raises(Preempted):
+        run_jobs([Job("e5", "a", None, (), 0, lr=1e-3), Job("e5", "b", None, (), 0, lr=1e-3)], tmp_path,
+                 log=lambda *_: None)

@@ -48,6 +48,6 @@ def mc_kwargs(memory, aggregation, segmentation="constant", init="independent", 
 
 def slice_time(inputs: dict, start: int, stop: int) -> dict:
     """The per-token inputs restricted to tokens ``[start, stop)`` (params dropped)."""
-    cut = lambda x: x[:, start:stop]
+    cut = lambda x: None if x is None else x[:, start:stop]
     return dict(q=cut(inputs["q"]), k=cut(inputs["k"]), v=cut(inputs["v"]), u=cut(inputs["u"]),
                 gates={n: cut(g) for n, g in inputs["gates"].items()})

@@ -87,3 +87,63 @@ def test_zero_router_init_gives_uniform_gates_and_still_learns():
     assert float(jnp.abs(grads["u_proj"]["kernel"][...]).max()) > 1e-6
     with pytest.raises(ValueError, match="mixer.router_init='ones' is not one of"):
         MixerConfig(router_init="ones")
+
+
+def test_ablation_aggregations_token_and_uniform():
+    """``token``: one router logit per head (``u_proj`` d -> heads), zero-initialised it is ``uniform``, which has no
+    router at all; the token gates get gradients."""
+    token = MCMixer(config(memory="delta", aggregation="token", segment_size=3, router_init="zeros"), "mc",
+                    rngs=nnx.Rngs(0))
+    uniform = MCMixer(config(memory="delta", aggregation="uniform", segment_size=3), "mc", rngs=nnx.Rngs(1))
+    assert token.u_proj.kernel[...].shape == (32, 2) and uniform.u_proj is None
+    transplant(token, uniform)
+    x = jax.random.normal(jax.random.key(0), (2, 11, 32))
+    assert_allclose(jax.jit(lambda x: token(x))(x)[0], jax.jit(lambda x: uniform(x))(x)[0], "float32_tight")
+    graphdef, params, rest = nnx.split(token, nnx.Param, ...)
+    grads = jax.grad(lambda p: jnp.sum(nnx.merge(graphdef, p, rest)(x)[0] ** 2))(params)
+    assert float(jnp.abs(grads["u_proj"]["kernel"][...]).max()) > 1e-6
+
+
+def _out_pieces(mixer, x):
+    """The op's read ``y [b t h dv]`` and the gate pre-activation ``x W_gate (+ b)`` of ``mixer`` (by hand)."""
+    from mc_jax.config import FEATURE_MAPS
+    from mc_jax.layers.norms import l2_normalize
+    from mc_jax.ops import memory_caching
+
+    b, t, _ = x.shape
+    heads = lambda z, dim: z.reshape(b, t, mixer.heads, dim)
+    m = mixer.settings
+    q = l2_normalize(heads(mixer.q_conv(FEATURE_MAPS[m.feature_map](mixer.q_proj(x)))[0], mixer.dk))
+    k = l2_normalize(heads(mixer.k_conv(FEATURE_MAPS[m.feature_map](mixer.k_proj(x)))[0], mixer.dk))
+    v = heads(mixer.v_conv(FEATURE_MAPS[m.value_map](mixer.v_proj(x)))[0], mixer.dv)
+    y = memory_caching(q, k, v, u=heads(mixer.u_proj(x), mixer.dk), memory=m.memory, aggregation=m.aggregation,
+                       segment_size=m.segment_size, gates=mixer.gates(x))
+    return y, mixer.gate_proj(x).reshape(y.shape)
+
+
+@pytest.mark.parametrize("activation, position", [("silu", "after_norm"), ("sigmoid", "after_norm"),
+                                                   ("silu", "before_norm")])
+def test_output_gate_options(activation, position):
+    """``gate_activation`` / ``gate_bias`` / ``gate_position`` against the output written out by hand."""
+    cfg = config(memory="delta", segment_size=4, gate_activation=activation, gate_bias=2.0, gate_position=position)
+    mixer = MCMixer(cfg, "mc", rngs=nnx.Rngs(0))
+    np.testing.assert_array_equal(np.asarray(mixer.gate_proj.bias[...]), 2.0)
+    x = jax.random.normal(jax.random.key(1), (2, 9, 32))
+    y, pre = _out_pieces(mixer, x)
+    gate = jax.nn.silu(pre) if activation == "silu" else jax.nn.sigmoid(pre)
+    out = mixer.out_norm(y * gate) if position == "before_norm" else mixer.out_norm(y) * gate
+    expected = mixer.o_proj(out.reshape(2, 9, -1))
+    assert_allclose(mixer(x)[0], expected, "float32_fine")
+    assert config(memory="delta").mixer.gate_bias is None  # the default: no bias parameter (checkpoints unchanged)
+    assert MCMixer(config(memory="delta"), "mc", rngs=nnx.Rngs(0)).gate_proj.bias is None
+
+
+def test_output_gate_options_are_validated():
+    with pytest.raises(ValueError, match="mixer.gate_activation='tanh' is not one of"):
+        MixerConfig(gate_activation="tanh")
+    with pytest.raises(ValueError, match="mixer.gate_position='middle' is not one of"):
+        MixerConfig(gate_position="middle")
+    with pytest.raises(ValueError, match="gate_bias must be a finite number"):
+        MixerConfig(gate_bias=float("inf"))
+    with pytest.raises(ValueError, match="needs mixer.output_norm=true"):
+        MixerConfig(gate_position="before_norm", output_norm=False)
