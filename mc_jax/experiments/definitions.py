@@ -216,7 +216,9 @@ def eb(quick: bool) -> Plan:
     if quick:
         designs = {k: v for k, v in designs.items() if k in ("bare", "default_block", "gate_bias2")}
     base = _quick_train() + _kv(8) if quick else ()
-    models = [Job("eb", name, None, base + ov, 0, evaluate="stacked") for name, ov in designs.items()]
+    first = ("bare", "default_block", "gate_bias2")  # tier 0: the question (does the gate stall; does the bias fix it)
+    models = [Job("eb", name, None, base + ov, 0, evaluate="stacked", tier=0 if name in first else 1)
+              for name, ov in designs.items()]
     return Plan(models, (0,) if quick else (0, 1, 2), (3e-3,),
                 notes=[("block designs on stacked MQAR (mc_jax/configs/train_tiny_mqar.py: 1 layer, d_model 32, "
                         "kv 32, C = 8, init_std 0.1, conv 1, lr 3e-3, no weight decay), the same training for every "
