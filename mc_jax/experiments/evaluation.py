@@ -110,16 +110,16 @@ def transplant(source_params: dict, target_params: dict, allowed_new: tuple[str,
     return jax.tree_util.tree_map_with_path(pick, target_params)
 
 
-def post_training(out: Path, job, config) -> dict[str, Any]:
-    """Load the checkpoint of job ``job.source`` into ``config.model`` (MC, zero router) and run the NIAH grid."""
-    from mc_jax.experiments.jobs import source_dir
+def post_training(source_run: Path, job, config) -> dict[str, Any]:
+    """Load the checkpoint of the run ``source_run`` (job ``job.source``) into ``config.model`` (MC, zero router)
+    and run the NIAH grid."""
     from mc_jax.models import create_model
     from mc_jax.models.pure import PureModel
     from mc_jax.train.step import merge_model, split_model
 
     if config.model.mixer.router_init != "zeros":
         raise ValueError("post-training MC needs model.mixer.router_init=zeros (a uniform average at the start)")
-    source = _loaded(source_dir(out, job))
+    source = _loaded(source_run)
     graphdef, params, rest = split_model(create_model(config.model, config.train.seed))
     model = merge_model(graphdef, transplant(source.params, params), rest)
     pure, state = PureModel.split(model)

@@ -126,7 +126,7 @@ def run_job(job: Job, out: str | Path) -> dict[str, Any]:
                               "preset": job.preset, "overrides": list(job.overrides), "evaluate": job.evaluate,
                               "config": config_to_dict(config), "git_revision": git_revision()}
     if job.evaluate == "posttrain":
-        record.update(evaluation.post_training(out, job, config))
+        record.update(evaluation.post_training(source_dir(out, job), job, config))
     else:
         rdir = run_dir(out, job)
         init_from = None if job.source is None else source_dir(out, job)

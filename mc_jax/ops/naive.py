@@ -92,6 +92,27 @@ def read(spec: MemorySpec, memory: PyTree, q: Array) -> Array:
 _read = jax.jit(read, static_argnums=0)
 
 
+def _weights_by_definition(aggregation, u, t, online_key, cached_keys, top_k, shape):
+    """``(gamma_on [b h], [gamma_i [b h]])`` of token ``t`` from the pooled keys of its online and cached memories."""
+    n = len(cached_keys)
+    if aggregation in ("residual", "uniform"):
+        share = 1.0 if aggregation == "residual" else 1.0 / (1 + n)
+        return jnp.full(shape, share), [jnp.full(shape, share)] * n
+    if aggregation == "token":  # the token's own logit for the online memory, 0 for every cached one
+        logit_on, logits = u[:, t, :, 0], [jnp.zeros(shape, u.dtype)] * n
+    else:
+        logit_on = jnp.einsum("bhd,bhd->bh", u[:, t], online_key)
+        logits = [jnp.einsum("bhd,bhd->bh", u[:, t], key) for key in cached_keys]
+    keep = [jnp.ones_like(logit_on, dtype=bool) for _ in logits]
+    if aggregation == "ssc" and n > top_k:
+        # rank of each cached logit, largest first (ties: the older segment first)
+        rank = jnp.argsort(jnp.argsort(-jnp.stack(logits, -1), axis=-1, stable=True), axis=-1, stable=True)
+        keep = [rank[..., i] < top_k for i in range(n)]
+    all_logits = jnp.stack([logit_on] + [jnp.where(m, logit, -jnp.inf) for logit, m in zip(logits, keep)], -1)
+    weights = jax.nn.softmax(all_logits, axis=-1)
+    return weights[..., 0], [weights[..., i + 1] for i in range(n)]
+
+
 def naive_memory_caching(q, k, v, u, gates, init_state, spec: MemorySpec, *, aggregation, segmentation,
                          segment_size, top_k, init, pool, chunk_size):
     """MC by definition. Arguments as in :func:`mc_jax.ops.memory_caching` (already validated)."""
@@ -119,23 +140,8 @@ def naive_memory_caching(q, k, v, u, gates, init_state, spec: MemorySpec, *, agg
         online = memory_of(online_start, t)
         mems = [memory_of(s, e - 1) for s, e in ranges]
         q_t = q[:, t]
-        if aggregation in ("residual", "uniform"):
-            share = 1.0 if aggregation == "residual" else 1.0 / (1 + len(mems))
-            gamma_on, gammas = jnp.full((batch, q.shape[2]), share), [jnp.full((batch, q.shape[2]), share)] * len(mems)
-        else:
-            if aggregation == "token":  # the token's own logit for the online memory, 0 for every cached one
-                logit_on, logits = u[:, t, :, 0], [jnp.zeros((batch, q.shape[2]), u.dtype)] * len(ranges)
-            else:
-                logit_on = jnp.einsum("bhd,bhd->bh", u[:, t], pooled(online_start, t))
-                logits = [jnp.einsum("bhd,bhd->bh", u[:, t], pooled(s, e - 1)) for s, e in ranges]
-            keep = [jnp.ones_like(logit_on, dtype=bool) for _ in logits]
-            if aggregation == "ssc" and len(logits) > top_k:
-                # rank of each cached logit, largest first (ties: the older segment first)
-                rank = jnp.argsort(jnp.argsort(-jnp.stack(logits, -1), axis=-1, stable=True), axis=-1, stable=True)
-                keep = [rank[..., i] < top_k for i in range(len(logits))]
-            all_logits = jnp.stack([logit_on] + [jnp.where(m, logit, -jnp.inf) for logit, m in zip(logits, keep)], -1)
-            weights = jax.nn.softmax(all_logits, axis=-1)
-            gamma_on, gammas = weights[..., 0], [weights[..., i + 1] for i in range(len(mems))]
+        gamma_on, gammas = _weights_by_definition(aggregation, u, t, pooled(online_start, t),
+                                                  [pooled(s, e - 1) for s, e in ranges], top_k, (batch, q.shape[2]))
         if aggregation == "soup":
             mixed = jax.tree.map(lambda x: gamma_on.reshape(gamma_on.shape + (1, 1)) * x, online)
             for g, mem in zip(gammas, mems):
