@@ -163,8 +163,9 @@ def _run_job_safe(job: Job, out: str) -> tuple[Job, dict[str, Any]]:
         return job, {"id": job.id, "error": f"{type(err).__name__}: {err}"}
 
 
-def run_jobs(jobs: list[Job], out: str | Path, workers: int = 1, log=print) -> list[Outcome]:
-    """Run ``jobs`` (``workers`` processes at a time; 1 = in this process), skipping finished ones.
+def run_jobs(jobs: list[Job], out: str | Path, workers: int = 1, log=print, *, run: bool = True) -> list[Outcome]:
+    """Run ``jobs`` (``workers`` processes at a time; 1 = in this process), skipping finished ones (``run=False``:
+    only the finished ones' outcomes, nothing is run).
 
     Workers start no new job once the suite process has ended (a killed suite leaves at most the jobs in flight,
     which still write their JSONs), and an interrupted suite cancels the queued jobs before it exits."""
@@ -176,6 +177,8 @@ def run_jobs(jobs: list[Job], out: str | Path, workers: int = 1, log=print) -> l
             outcomes.append(Outcome(job, done, skipped=True))
         else:
             todo.append(job)
+    if not run:
+        return outcomes
     if todo:
         log(f"{len(todo)} job(s) to run, {len(outcomes)} already done")
     pool = None
@@ -205,24 +208,26 @@ def _headline(result: dict[str, Any]) -> str:
 
 
 def lr_sweep(models: list[Job], seeds: tuple[int, ...], lrs: tuple[float, ...], out: str | Path, workers: int,
-             log=print) -> list[Outcome]:
+             log=print, *, run: bool = True) -> list[Outcome]:
     """The Zoology protocol: each model (a job template) at every ``lr`` on :data:`VALIDATION_SEED`, then the best
     rate (highest accuracy, lowest loss for language models) on ``seeds``. Returns the outcomes of both phases.
 
     A model with ``lr_from`` is not swept: it takes the rate chosen for that group (a budget cut, reported as such).
     The reported runs go tier by tier (``Job.tier``), each tier seed by seed, so a suite stopped early has its first
-    tiers complete at every seed."""
+    tiers complete at every seed. ``run=False``: the finished jobs only (a model whose rate is not chosen yet is
+    left out)."""
     swept = [m for m in models if m.lr_from is None] if len(lrs) > 1 else []
     unknown = sorted({m.lr_from for m in models if m.lr_from is not None} - {m.group for m in swept})
     if len(lrs) > 1 and unknown:
         raise ValueError(f"lr_from names groups that are not swept: {unknown}")
     phase1 = run_jobs([dataclasses.replace(m, seed=VALIDATION_SEED, lr=lr) for m in swept for lr in lrs], out,
-                      workers, log)
-    chosen = {m.group: best_lr([o for o in phase1 if o.job.group == m.group]) for m in swept}
-    rate = lambda m: lrs[0] if len(lrs) == 1 else chosen[m.lr_from or m.group]
+                      workers, log, run=run)
+    swept_lrs = {m.group: [o for o in phase1 if o.job.group == m.group] for m in swept}
+    chosen = {g: best_lr(found) for g, found in swept_lrs.items() if len(found) == len(lrs)}
+    rate = lambda m: lrs[0] if len(lrs) == 1 else chosen.get(m.lr_from or m.group)
     final = [dataclasses.replace(m, seed=s, lr=rate(m)) for t in sorted({m.tier for m in models}) for s in seeds
-             for m in models if m.tier == t]
-    return phase1 + run_jobs(final, out, workers, log)
+             for m in models if m.tier == t and rate(m) is not None]
+    return phase1 + run_jobs(final, out, workers, log, run=run)
 
 
 def score(result: dict[str, Any]) -> float:

@@ -16,8 +16,9 @@ from mc_jax.experiments.jobs import lr_sweep, run_jobs
 
 
 def run_experiment(name: str, *, quick: bool = False, workers: int = 1, out: str | Path | None = None,
-                   results: str | Path | None = None, log=print) -> dict:
-    """Run (or resume) experiment ``name`` and write its report; returns the summary."""
+                   results: str | Path | None = None, log=print, run: bool = True) -> dict:
+    """Run (or resume) experiment ``name`` and write its report; returns the summary. ``run=False``: the report of
+    the jobs finished so far, nothing is run."""
     if name not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {name!r}; choose one of {sorted(EXPERIMENTS)} or 'all'")
     out = Path(out or ("runs/experiments_quick" if quick else "runs/experiments")).absolute()
@@ -25,12 +26,12 @@ def run_experiment(name: str, *, quick: bool = False, workers: int = 1, out: str
     plan = EXPERIMENTS[name](quick)
     log(f"{TITLES[name]}{' (quick)' if quick else ''}: {len(plan.models)} models x {len(plan.seeds)} seeds"
         + (f", lr from {list(plan.lrs)} on a validation seed" if len(plan.lrs) > 1 else f", lr {plan.lrs[0]:g}"))
-    outcomes = lr_sweep(plan.models, plan.seeds, plan.lrs, out, workers, log)
+    outcomes = lr_sweep(plan.models, plan.seeds, plan.lrs, out, workers, log, run=run)
     if plan.after:
         chosen = {o.job.group: o.job.lr for o in outcomes if o.job.seed in plan.seeds}
         later = [dataclasses.replace(a, seed=s, lr=chosen[a.source], source=f"{a.source}-lr{chosen[a.source]:g}-s{s}")
-                 for a in plan.after for s in plan.seeds]
-        outcomes += run_jobs(later, out, max(1, workers), log)
+                 for a in plan.after for s in plan.seeds if a.source in chosen]
+        outcomes += run_jobs(later, out, max(1, workers), log, run=run)
     summary = report.write(name, outcomes, plan.notes, results)
     overview = report.write_overview(results, results.parent / "results.md" if not quick else results / "results.md")
     log(f"wrote {results / name} and {overview}")
@@ -47,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--estimate", "--plan", action="store_true",
                    help="print the planned runs and the estimated wall time (at 1 job and at --jobs, 2 by default "
                         "here); run nothing")
+    p.add_argument("--report-only", action="store_true",
+                   help="write the tables and plots of the jobs finished so far; run nothing")
     p.add_argument("--verbose", action="store_true", help="with --estimate: every model's runs and cost")
     return p
 
@@ -73,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     try:
         for name in names:
-            run_experiment(name, quick=args.quick, workers=args.jobs, out=args.out, results=args.results)
+            run_experiment(name, quick=args.quick, workers=args.jobs, out=args.out, results=args.results,
+                           run=not args.report_only)
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)

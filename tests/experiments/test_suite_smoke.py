@@ -86,7 +86,7 @@ def test_lr_sweep_budget_cut_and_run_order(tmp_path, monkeypatch):
 
     calls = []
 
-    def fake_run_jobs(todo, out, workers, log):
+    def fake_run_jobs(todo, out, workers, log, run=True):
         calls.append([j.id for j in todo])
         acc = lambda j: {1e-3: 0.2, 3e-3: 0.5, 1e-2: 0.1}[j.lr] if j.group == "a" else {1e-3: 0.9}.get(j.lr, 0.0)
         return [jobs_mod.Outcome(j, {"accuracy": acc(j)}) for j in todo]
@@ -169,3 +169,29 @@ def test_a_preempted_job_stops_the_suite(tmp_path, monkeypatch):
     with pytest.raises(Preempted):
         run_jobs([Job("e5", "a", None, (), 0, lr=1e-3), Job("e5", "b", None, (), 0, lr=1e-3)], tmp_path,
                  log=lambda *_: None)
+
+
+def test_report_only_uses_finished_jobs_and_runs_nothing(tmp_path):
+    """``run=False`` (``--report-only``): finished jobs are reported; a model whose rate is not chosen yet (its sweep
+    is incomplete) and unfinished jobs are left out; nothing is started."""
+    import dataclasses
+
+    from mc_jax.experiments import jobs as jobs_mod
+
+    a, b = Job("e", "a", None, (), 0), Job("e", "b", None, (), 0)
+    c = dataclasses.replace(Job("e", "c", None, (), 0), lr_from="b")
+
+    def finish(job, acc):
+        path = jobs_mod.job_file(tmp_path, job)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"id": job.id, "accuracy": acc}))
+
+    for lr, acc in zip(jobs_mod.LRS, (0.1, 0.3, 0.2)):
+        finish(dataclasses.replace(a, seed=jobs_mod.VALIDATION_SEED, lr=lr), acc)
+    finish(dataclasses.replace(b, seed=jobs_mod.VALIDATION_SEED, lr=1e-3), 0.5)  # b's sweep is incomplete
+    finish(dataclasses.replace(a, seed=0, lr=3e-3), 0.4)
+    out = jobs_mod.lr_sweep([a, b, c], (0, 1), jobs_mod.LRS, tmp_path, 1, run=False)
+    assert sorted(o.job.id for o in out) == sorted(["a-lr0.001-s100", "a-lr0.003-s100", "a-lr0.01-s100",
+                                                    "b-lr0.001-s100", "a-lr0.003-s0"])
+    assert all(o.skipped for o in out)
+    assert len(list((tmp_path / "e" / "jobs").iterdir())) == 5  # nothing new
