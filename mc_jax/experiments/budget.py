@@ -10,10 +10,10 @@ data, checkpoints). The constants:
   against ~36k); DeltaNet 51-57 ms per step against 14-25 ms (EVALUATION.md section 7.1).
 * :data:`KIND_FACTOR`: the uncached layer and attention against the cached one (EVALUATION.md 7.1: 21-25 s and
   28 s against 31-37 s).
-* length: the cached layer's state pass is O(L) and its read O(L N) with N = L / C segments, so ``length(L) =
-  (L / 64) (1 + L / C) / 9`` (1 at the reference's L = 64, C = 8); the uncached layer and sliding-window attention
-  ``L / 64`` (chunked, linear), attention ``(L / 64)^2``. Not calibrated beyond L = 64 (the machine was shared
-  when this was written): the weakest part of the table.
+* length: the cached layer's state pass is O(L) and its read O(L N) with N = L / C segments, but at these widths
+  a step is mostly per-op overhead: ``length(L) = (L / 64) (0.9 + 0.0125 L / C)``, fitted to two runs alone on the
+  idle CPU at L = 64 (C = 8: 105 s; C = 4: 115 s); the uncached layer and sliding-window attention ``L / 64``
+  (chunked, linear), attention ``(L / 64)^2``. Not calibrated beyond L = 64: the weakest part of the table.
 * model size: proportional to ``num_layers x d_model / 32``, x1.3 with the MLP sub-layer (at these widths the
   per-op overhead, not the FLOPs, dominates; a rough factor).
 * :data:`SHARED_SLOWDOWN`: two jobs on the two cores each run ~1.7x slower than alone (the preset's 2.5-3.5 min
@@ -37,6 +37,7 @@ MEMORY_FACTOR = {"linear": 1.0, "gated_linear": 1.1, "swla": 1.3, "delta": 2.5, 
 KIND_FACTOR = {"mc": 1.0, "none": 0.7, "attention": 0.9, "sliding_window": 0.9}
 RUN_OVERHEAD = 5.0  # seconds per run: compiling the step and the evaluation, data, checkpoints (a quick E5 job: ~4 s)
 MLP_FACTOR = 1.3
+MC_LENGTH = (0.9, 0.0125)  # length(L) = (L / 64) (a + b L / C): a + 8 b = 1 (C = 8, 105 s), a + 16 b = 1.1 (C = 4)
 SHARED_SLOWDOWN = {1: 1.0, 2: 1.7}  # per-run slowdown with this many jobs at a time on the 2-core CPU
 STEP_SECONDS = (REFERENCE["seconds"] - RUN_OVERHEAD) / REFERENCE["steps"]  # the reference's 105 s include it
 
@@ -61,7 +62,7 @@ def _per_token_step(config) -> float:
 def _length(config, seq_len: int) -> float:
     """Cost of a sequence of ``seq_len`` tokens against the reference's 64 (the mean over the layer kinds)."""
     ratio, size = seq_len / REFERENCE["seq_len"], config.model.mixer.segment_size
-    law = {"mc": ratio * (1 + seq_len / size) / (1 + REFERENCE["seq_len"] / 8), "none": ratio,
+    law = {"mc": ratio * (MC_LENGTH[0] + MC_LENGTH[1] * seq_len / size), "none": ratio,
            "sliding_window": ratio, "attention": ratio**2}
     kinds = config.model.layer_kinds
     return sum(law[k] for k in kinds) / len(kinds)
@@ -90,11 +91,12 @@ def run_seconds(job: Job) -> float:
 
 
 def planned_runs(plan: Plan) -> list[RunCost]:
-    """Every run an experiment makes: the sweep on the validation seed (several rates), the reported seeds, the
-    post-training jobs (their learning rate is the source's, unknown before the sweep: the first rate stands in)."""
+    """Every run an experiment makes: the sweep on the validation seed (several rates; not for models that take
+    another group's rate, ``Job.lr_from``), the reported seeds, the post-training jobs (their learning rate is the
+    source's, unknown before the sweep: the first rate stands in)."""
     runs = []
     if len(plan.lrs) > 1:
-        runs += [RunCost(j, "sweep", run_seconds(j)) for m in plan.models for lr in plan.lrs
+        runs += [RunCost(j, "sweep", run_seconds(j)) for m in plan.models if m.lr_from is None for lr in plan.lrs
                  for j in [dataclasses.replace(m, seed=VALIDATION_SEED, lr=lr)]]
     lr = plan.lrs[0]
     runs += [RunCost(j, "final", run_seconds(j)) for m in plan.models for s in plan.seeds
