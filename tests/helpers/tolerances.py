@@ -63,3 +63,19 @@ def relative_rms(actual, expected) -> float:
 def assert_rms_close(actual, expected, kind: str, name: str = "") -> None:
     err = relative_rms(actual, expected)
     assert err <= TOLERANCES[kind], f"{name}: relative RMS error {err:.2e} > {TOLERANCES[kind]:.0e}"
+
+
+def check_read(fast, reference, a, dtype: str) -> None:
+    """``fast(a)`` and ``reference(a)`` (tuples of arrays) agree, and so do the gradients of every input of a random
+    linear functional of them; both run under ``jit``, as the library runs them."""
+    import jax
+    import jax.numpy as jnp
+
+    outs, expected = jax.jit(fast)(a), jax.jit(reference)(a)
+    for name, x, e in zip(("y", "gamma_on"), outs, expected):
+        assert_close(x, e, dtype, name)
+    cts = [jax.random.normal(jax.random.key(i + 5), e.shape, e.dtype) for i, e in enumerate(expected)]
+    loss = lambda f: lambda args: sum(jnp.sum(c * o) for c, o in zip(cts, f(args)))
+    grads, grads_ref = jax.jit(jax.grad(loss(fast)))(a), jax.jit(jax.grad(loss(reference)))(a)
+    jax.tree_util.tree_map_with_path(lambda p, x, e: assert_close(x, e, dtype, jax.tree_util.keystr(p)),
+                                     grads, grads_ref)

@@ -17,7 +17,7 @@ from mc_jax.ops import aggregation as agg
 from mc_jax.ops.memories import get_memory
 from mc_jax.ops.reads import blocked_mix, dense_mix
 from mc_jax.ops.reads_causal import causal_read, residual_blocked_read, residual_prefix_read, sparse_read, weighted_read
-from tests.helpers.tolerances import assert_close
+from tests.helpers.tolerances import assert_close, check_read
 
 B, H, DK, DV, F = 2, 2, 4, 3, 5
 SIZE, N = 2, 8  # 8 segments of 2 tokens
@@ -60,17 +60,6 @@ def _sparse(spec, what, top_k, a, block):
     return sparse_read(spec, what, a["stack"], gamma, available, a["x"], top_k=top_k, block=block), gamma_on
 
 
-def _check(fast, reference, a, dtype):
-    """Outputs (y and the online weight) and the gradients of every input of a random linear functional."""
-    # under jit, as the library runs them (one program each instead of hundreds of eager ops through remat)
-    outs, expected = jax.jit(fast)(a), jax.jit(reference)(a)
-    for name, x, e in zip(("y", "gamma_on"), outs, expected):
-        assert_close(x, e, dtype, name)
-    cts = [jax.random.normal(jax.random.key(i + 5), e.shape, e.dtype) for i, e in enumerate(expected)]
-    loss = lambda f: lambda args: sum(jnp.sum(c * o) for c, o in zip(cts, f(args)))
-    grads, grads_ref = jax.jit(jax.grad(loss(fast)))(a), jax.jit(jax.grad(loss(reference)))(a)
-    jax.tree_util.tree_map_with_path(lambda p, x, e: assert_close(x, e, dtype, jax.tree_util.keystr(p)),
-                                     grads, grads_ref)
 
 
 CASES = [("linear", "read", "grm"), ("linear", "read", "residual"), ("linear", "read", "ssc"),
@@ -83,7 +72,7 @@ def test_causal_read_equals_dense(x64, family, what, aggregation, block):
     spec = get_memory("linear" if family == "linear" else "dla")
     a = _inputs(family, jnp.float64, what=what)
     top_k = 2 if aggregation == "ssc" else None
-    _check(lambda a: _causal(spec, what, aggregation, top_k, a, block),
+    check_read(lambda a: _causal(spec, what, aggregation, top_k, a, block),
            lambda a: _reference(spec, what, aggregation, top_k, a), a, "float64")
 
 
@@ -92,16 +81,16 @@ def test_causal_read_equals_dense(x64, family, what, aggregation, block):
 def test_sparse_read_equals_dense(x64, family, what, top_k, block):
     spec = get_memory("linear" if family == "linear" else "titans")
     a = _inputs(family, jnp.float64, seed=1, what=what)
-    _check(lambda a: _sparse(spec, what, top_k, a, block),
+    check_read(lambda a: _sparse(spec, what, top_k, a, block),
            lambda a: _reference(spec, what, "ssc", top_k, a), a, "float64")
 
 
 def test_float32():
     spec = get_memory("linear")
     a = _inputs("linear", jnp.float32, seed=2)
-    _check(lambda a: _causal(spec, "read", "grm", None, a, 4), lambda a: _reference(spec, "read", "grm", None, a),
+    check_read(lambda a: _causal(spec, "read", "grm", None, a, 4), lambda a: _reference(spec, "read", "grm", None, a),
            a, "float32")
-    _check(lambda a: _sparse(spec, "read", 1, a, 2), lambda a: _reference(spec, "read", "ssc", 1, a), a, "float32")
+    check_read(lambda a: _sparse(spec, "read", 1, a, 2), lambda a: _reference(spec, "read", "ssc", 1, a), a, "float32")
 
 
 def test_residual_prefix_read(x64):
@@ -109,7 +98,7 @@ def test_residual_prefix_read(x64):
     a = _inputs("linear", jnp.float64, seed=3)
     fast = lambda a: (residual_prefix_read(a["stack"], a["x"], SIZE),)
     reference = lambda a: _reference(spec, "read", "residual", None, a)[:1]
-    _check(fast, reference, a, "float64")
+    check_read(fast, reference, a, "float64")
 
 
 def test_residual_blocked_read(x64):

@@ -19,7 +19,7 @@ from mc_jax.ops.memories import get_memory
 from mc_jax.ops.reads import dense_mix
 from mc_jax.ops.reads_deep import _mix, _mix_bwd, causal_deep_read
 from tests.helpers.op_inputs import make_inputs, mc_kwargs
-from tests.helpers.tolerances import assert_close
+from tests.helpers.tolerances import assert_close, check_read
 
 B, H, D, F = 2, 2, 4, 6
 SIZE, N = 2, 8  # 8 segments of 2 tokens
@@ -57,15 +57,6 @@ def _reference(spec, aggregation, top_k):
     return run
 
 
-def _check(fast, reference, a, dtype):
-    outs, expected = jax.jit(fast)(a), jax.jit(reference)(a)
-    for name, x, e in zip(("y", "gamma_on"), outs, expected):
-        assert_close(x, e, dtype, name)
-    cts = [jax.random.normal(jax.random.key(i + 5), e.shape, e.dtype) for i, e in enumerate(expected)]
-    loss = lambda f: lambda args: sum(jnp.sum(c * o) for c, o in zip(cts, f(args)))
-    grads, grads_ref = jax.jit(jax.grad(loss(fast)))(a), jax.jit(jax.grad(loss(reference)))(a)
-    jax.tree_util.tree_map_with_path(lambda p, x, e: assert_close(x, e, dtype, jax.tree_util.keystr(p)),
-                                     grads, grads_ref)
 
 
 @pytest.mark.parametrize("memory,aggregation,block", [  # one, two, four segments per query block
@@ -73,13 +64,13 @@ def _check(fast, reference, a, dtype):
 def test_causal_deep_read_equals_dense(x64, memory, aggregation, block):
     spec = get_memory(memory)
     top_k = 2 if aggregation == "ssc" else None
-    _check(_fast(spec, aggregation, top_k, block), _reference(spec, aggregation, top_k), _inputs(jnp.float64),
+    check_read(_fast(spec, aggregation, top_k, block), _reference(spec, aggregation, top_k), _inputs(jnp.float64),
            "float64")
 
 
 def test_causal_deep_read_float32():
     spec = get_memory("titans")
-    _check(_fast(spec, "grm", None, 4), _reference(spec, "grm", None), _inputs(jnp.float32, seed=1), "float32")
+    check_read(_fast(spec, "grm", None, 4), _reference(spec, "grm", None), _inputs(jnp.float32, seed=1), "float32")
 
 
 def test_mix_bwd_equals_autodiff(x64):
