@@ -29,7 +29,7 @@ import dataclasses
 import heapq
 from dataclasses import dataclass
 
-from mc_jax.experiments.definitions import EXPERIMENTS, TITLES, Plan
+from mc_jax.experiments.definitions import TITLES, Plan, plan_of
 from mc_jax.experiments.jobs import VALIDATION_SEED, Job
 
 REFERENCE = {"seconds": 105.0, "steps": 1500, "seq_len": 64, "batch": 64}
@@ -124,11 +124,13 @@ def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min"
 
 
-def estimate(names: list[str], *, quick: bool = False, jobs: int = 2, verbose: bool = False) -> list[str]:
-    """Lines of the plan: per experiment the runs per phase and the wall time alone and with ``jobs`` at a time."""
+def estimate(names: list[str], *, quick: bool = False, jobs: int = 2, verbose: bool = False,
+             extended: bool = False) -> list[str]:
+    """Lines of the plan (the budgeted core unless ``extended``): per experiment the runs per phase and the wall time
+    alone and with ``jobs`` at a time."""
     lines, grand = [], {1: 0.0, jobs: 0.0}
     for name in names:
-        plan = EXPERIMENTS[name](quick)
+        plan = plan_of(name, quick, extended)
         runs = planned_runs(plan)
         phases = {p: sum(r.phase == p for r in runs) for p in ("sweep", "final", "after")}
         walls = {j: wall_seconds(runs, j) for j in grand}
@@ -144,7 +146,8 @@ def estimate(names: list[str], *, quick: bool = False, jobs: int = 2, verbose: b
             for group, items in groups.items():
                 lines.append(f"       {group}: {len(items)} runs x ~{items[0].seconds:.0f} s")
     lines.append(f"total: {_minutes(grand[1])} at 1 job, {_minutes(grand[jobs])} with --jobs {jobs} "
-                 f"({'quick' if quick else 'full'} suite; cost table in mc_jax/experiments/budget.py, +-50%)")
+                 f"({'quick' if quick else 'extended' if extended else 'budgeted core of the'} suite; cost table "
+                 "in mc_jax/experiments/budget.py, +-50%)")
     return lines
 
 

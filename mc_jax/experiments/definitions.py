@@ -14,6 +14,7 @@ from mc_jax.experiments.jobs import LRS, Job
 
 MEMORIES = ("linear", "delta", "swla", "dla", "titans")
 DEEP = ("dla", "titans")
+CORE_TIER = 0  # the budgeted suite (`python -m mc_jax.experiments all`): tier 0 of every plan; --extended: every tier
 SHAKESPEARE = Path("data/shakespeare.txt")  # python -m mc_jax.data.prepare shakespeare data/shakespeare.txt
 
 
@@ -24,6 +25,13 @@ class Plan:
     lrs: tuple[float, ...]
     after: list[Job] = field(default_factory=list)  # run after the models (post-training MC), per seed
     notes: list[str] = field(default_factory=list)
+
+    def core(self) -> Plan:
+        """The budgeted suite's part of this plan: the models of tier <= :data:`CORE_TIER` and the post-training jobs
+        whose source is one of them (the higher tiers run with ``--extended``)."""
+        models = [m for m in self.models if m.tier <= CORE_TIER]
+        kept = {m.group for m in models}
+        return Plan(models, self.seeds, self.lrs, [a for a in self.after if a.source in kept], self.notes)
 
 
 def _quick_train(steps: int = 30) -> tuple[str, ...]:
@@ -102,15 +110,18 @@ def e1_search(quick: bool) -> Plan:
     kv, sizes, aggs, pools = (8, (4,), ("grm",), ("mean",)) if quick else (32, (2, 4, 8, 16), ("grm", "ssc"),
                                                                            ("mean", "sum"))
     base = (_quick_train() if quick else ()) + _kv(kv)
-    models = [Job("e1s", f"kv{kv}-linear-none", None, base + ("model.mixer.kind=none",), 0, evaluate="stacked"),
-              Job("e1s", f"kv{kv}-attention", None, base + ("model.mixer.kind=attention",), 0, evaluate="stacked")]
+    tier = 0 if quick else 1  # extended only (the search beside E5's grm_C{4,16,32})
+    models = [Job("e1s", f"kv{kv}-linear-none", None, base + ("model.mixer.kind=none",), 0, evaluate="stacked",
+                  tier=tier),
+              Job("e1s", f"kv{kv}-attention", None, base + ("model.mixer.kind=attention",), 0, evaluate="stacked",
+                  tier=tier)]
     for c in sizes:
         for agg in aggs:
             ssc = ("model.mixer.aggregation=ssc", "model.mixer.top_k=2") if agg == "ssc" else ()
             for pool in pools:
                 models.append(Job("e1s", f"kv{kv}-linear-{agg}_C{c}_{pool}", None,
                                   base + ssc + (f"model.mixer.segment_size={c}", f"model.mixer.pool={pool}"), 0,
-                                  evaluate="stacked"))
+                                  evaluate="stacked", tier=tier))
     return Plan(models, (0,) if quick else (0, 1, 2), (3e-3,),
                 notes=[("linear memory on stacked MQAR kv = 32, default protocol lr 3e-3: segment size x "
                         "aggregation (grm, ssc top_k 2) x key pooling")])
@@ -122,8 +133,9 @@ def e2(quick: bool) -> Plan:
     models = [Job("e2", name, "train_token_mqar", base + ov, 0)
               for name, ov in (("mc", ()), ("none", ("model.mixer.kind=none",)),
                                ("attention", ("model.mixer.kind=attention",)))]
-    return Plan(models, (0,) if quick else (0, 1), (3e-3,) if quick else LRS,
-                notes=["token MQAR (mc_jax/configs/train_token_mqar.py: 2 layers, d_model 64, full GLA-style block)"])
+    return Plan(models, (0,) if quick else (0, 1), (3e-3,),
+                notes=["token MQAR (mc_jax/configs/train_token_mqar.py: 2 layers, d_model 64, full GLA-style block), "
+                       "the preset's lr 3e-3 for every model (budget cut: no sweep)"])
 
 
 # ---- E3: needle in a haystack, incl. post-training MC ----------------------------------------------------------------
@@ -139,10 +151,10 @@ def e3(quick: bool) -> Plan:
     finetune = ("train.steps=10", "train.warmup=2") if quick else ("train.steps=300", "train.warmup=30")
     models, after = [], []
     for needle in needles:
-        common = base + (f"train.task.needle={needle}",)
+        common, tier = base + (f"train.task.needle={needle}",), 0 if needle == "passkey" else 1
         source = Job("e3", f"{needle}-base", "tiny", common + ("model.mixer.kind=none",), 0, evaluate="niah",
-                     extra=options)
-        models += [source, Job("e3", f"{needle}-mc", "tiny", common, 0, evaluate="niah", extra=options)]
+                     extra=options, tier=tier)
+        models += [source, Job("e3", f"{needle}-mc", "tiny", common, 0, evaluate="niah", extra=options, tier=tier)]
         after.append(Job("e3", f"{needle}-posttrain", "tiny", common + ("model.mixer.router_init=zeros",), 0,
                          evaluate="posttrain", extra=options, source=source.group))
         # fine-tuned from the base's checkpoint, all parameters (the router starts at zero), fresh optimizer; the
@@ -165,12 +177,14 @@ def e4(quick: bool) -> Plan:
     base = (_quick_train() if quick else ("train.steps=1500",)) + (
         "train.task.kind=text", f"train.task.path={path}", f"train.task.seq_len={64 if quick else 256}",
         "train.task.eval_examples=" + ("8" if quick else "64"))
-    models = [Job("e4", name, "tiny", base + ov, 0, evaluate="lm", extra=(("bucket", 16 if quick else 32),))
+    models = [Job("e4", name, "tiny", base + ov, 0, evaluate="lm", extra=(("bucket", 16 if quick else 32),),
+                  tier=1 if name == "attention" and not quick else 0)  # attention: extended (budget cut)
               for name, ov in (("mc", ()), ("none", ("model.mixer.kind=none",)),
                                ("attention", ("model.mixer.kind=attention",)))]
     corpus = "the Shakespeare corpus" if path else "the shipped tiny corpus (run the prepare command for Shakespeare)"
-    return Plan(models, (0,) if quick else (0, 1), (3e-3,) if quick else (1e-3, 3e-3),
-                notes=[f"byte-level LM on {corpus}, tiny preset (2 layers, d_model 64), equal tokens"])
+    return Plan(models, (0,) if quick else (0, 1), (3e-3,),
+                notes=[f"byte-level LM on {corpus}, tiny preset (2 layers, d_model 64), equal tokens, lr 3e-3 for "
+                       "every model (budget cut: no sweep)"])
 
 
 # ---- E5: ablation (the paper's Table 5, on stacked MQAR kv = 32) -----------------------------------------------------
@@ -184,7 +198,10 @@ def e5(quick: bool) -> Plan:
         variants[f"grm_C{c}"] = (f"model.mixer.segment_size={c}",)
     if quick:
         variants = {k: v for k, v in variants.items() if k in ("grm", "residual", "token_gates", "uniform")}
-    models = [Job("e5", name, None, base + ov, 0, evaluate="stacked") for name, ov in variants.items()]
+    # tier 0: Table 5's rows; tier 1: the segment sizes, checkpoint init (E1 has it), the zero router
+    first = ("grm", "residual", "token_gates", "uniform")
+    models = [Job("e5", name, None, base + ov, 0, evaluate="stacked", tier=0 if name in first else 1)
+              for name, ov in variants.items()]
     return Plan(models, (0,) if quick else (0, 1, 2), (3e-3,),
                 notes=[("linear memory on stacked MQAR, default protocol lr 3e-3; token_gates: the gates from the "
                         "token alone (online memory's logit x_t w against 0 for every cached one, no segment "
@@ -193,7 +210,8 @@ def e5(quick: bool) -> Plan:
 
 # ---- EB: the block design (issue 16 item 1: the default block's output gate stalls stacked MQAR) ------------------
 FULL_BLOCK = ("model.mlp=true", "model.mixer.feature_map=silu", "model.mixer.value_map=silu",
-              "model.mixer.output_norm=true", "model.mixer.output_gate=true")  # the library's default block
+              "model.mixer.output_norm=true", "model.mixer.output_gate=true",
+              "model.mixer.gate_bias=none")  # the library's block before the eb study (bias-free output gate)
 
 
 def eb_designs() -> dict[str, tuple[str, ...]]:
@@ -217,13 +235,15 @@ def eb(quick: bool) -> Plan:
         designs = {k: v for k, v in designs.items() if k in ("bare", "default_block", "gate_bias2")}
     base = _quick_train() + _kv(8) if quick else ()
     first = ("bare", "default_block", "gate_bias2")  # tier 0: the question (does the gate stall; does the bias fix it)
-    models = [Job("eb", name, None, base + ov, 0, evaluate="stacked", tier=0 if name in first else 1)
+    # the study that set mixer.gate_bias = 2.0: extended only since (its tier 0 decided it; docs/results.md)
+    models = [Job("eb", name, None, base + ov, 0, evaluate="stacked", tier=1 if name in first or quick else 2)
               for name, ov in designs.items()]
     return Plan(models, (0,) if quick else (0, 1, 2), (3e-3,),
                 notes=[("block designs on stacked MQAR (mc_jax/configs/train_tiny_mqar.py: 1 layer, d_model 32, "
                         "kv 32, C = 8, init_std 0.1, conv 1, lr 3e-3, no weight decay), the same training for every "
-                        "design; default_block = silu q/k/v maps, per-head output norm, output gate "
-                        "y * silu(x W_gate), SwiGLU MLP; gate_bias2: a learned gate bias starting at 2 (silu 1.76, "
+                        "design; default_block = the block before this study: silu q/k/v maps, per-head output norm, "
+                        "bias-free output gate y * silu(x W_gate), SwiGLU MLP; gate_bias2 (the default since): a "
+                        "learned gate bias starting at 2 (silu 1.76, "
                         "sigmoid 0.88: open); gate_before_norm: W_o norm(y * gate)")])
 
 
@@ -232,5 +252,12 @@ TITLES = {"e1": "E1 stacked MQAR capacity", "e1s": "E1 search: segment size, agg
           "e2": "E2 token MQAR, full block", "e3": "E3 needle in a haystack",
           "e4": "E4 character-level LM", "e5": "E5 ablation (Table 5 mirror)", "eb": "EB block design"}
 
-__all__ = ["EXPERIMENTS", "FULL_BLOCK", "TITLES", "Plan", "e1", "e1_variants", "e2", "e3", "e4", "e5", "eb",
-           "eb_designs"]
+
+def plan_of(name: str, quick: bool = False, extended: bool = False) -> Plan:
+    """Experiment ``name``'s plan: the budgeted core (tier 0, :meth:`Plan.core`) unless ``extended`` (every tier)."""
+    plan = EXPERIMENTS[name](quick)
+    return plan if extended or quick else plan.core()
+
+
+__all__ = ["CORE_TIER", "EXPERIMENTS", "FULL_BLOCK", "TITLES", "Plan", "e1", "e1_variants", "e2", "e3", "e4", "e5",
+           "eb", "eb_designs", "plan_of"]

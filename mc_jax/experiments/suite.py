@@ -11,27 +11,36 @@ import time
 from pathlib import Path
 
 from mc_jax.experiments import report
-from mc_jax.experiments.definitions import EXPERIMENTS, TITLES
+from mc_jax.experiments.definitions import EXPERIMENTS, TITLES, Plan, plan_of
 from mc_jax.experiments.jobs import lr_sweep, run_jobs
 
 
-def run_experiment(name: str, *, quick: bool = False, workers: int = 1, out: str | Path | None = None,
-                   results: str | Path | None = None, log=print, run: bool = True) -> dict:
-    """Run (or resume) experiment ``name`` and write its report; returns the summary. ``run=False``: the report of
-    the jobs finished so far, nothing is run."""
-    if name not in EXPERIMENTS:
-        raise ValueError(f"unknown experiment {name!r}; choose one of {sorted(EXPERIMENTS)} or 'all'")
-    out = Path(out or ("runs/experiments_quick" if quick else "runs/experiments")).absolute()
-    results = Path(results or (out / "results" if quick else "docs/results")).absolute()
-    plan = EXPERIMENTS[name](quick)
-    log(f"{TITLES[name]}{' (quick)' if quick else ''}: {len(plan.models)} models x {len(plan.seeds)} seeds"
-        + (f", lr from {list(plan.lrs)} on a validation seed" if len(plan.lrs) > 1 else f", lr {plan.lrs[0]:g}"))
+def _execute(plan: Plan, out: Path, workers: int, log, run: bool) -> list:
     outcomes = lr_sweep(plan.models, plan.seeds, plan.lrs, out, workers, log, run=run)
     if plan.after:
         chosen = {o.job.group: o.job.lr for o in outcomes if o.job.seed in plan.seeds}
         later = [dataclasses.replace(a, seed=s, lr=chosen[a.source], source=f"{a.source}-lr{chosen[a.source]:g}-s{s}")
                  for a in plan.after for s in plan.seeds if a.source in chosen]
         outcomes += run_jobs(later, out, max(1, workers), log, run=run)
+    return outcomes
+
+
+def run_experiment(name: str, *, quick: bool = False, workers: int = 1, out: str | Path | None = None,
+                   results: str | Path | None = None, log=print, run: bool = True, extended: bool = False) -> dict:
+    """Run (or resume) experiment ``name`` (its budgeted core; ``extended``: every tier) and write its report over
+    every finished job of the whole plan; returns the summary. ``run=False``: the report only, nothing is run."""
+    if name not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment {name!r}; choose one of {sorted(EXPERIMENTS)} or 'all'")
+    out = Path(out or ("runs/experiments_quick" if quick else "runs/experiments")).absolute()
+    results = Path(results or (out / "results" if quick else "docs/results")).absolute()
+    plan, whole = plan_of(name, quick, extended), EXPERIMENTS[name](quick)
+    log(f"{TITLES[name]}{' (quick)' if quick else ''}: {len(plan.models)} models x {len(plan.seeds)} seeds"
+        + (f", lr from {list(plan.lrs)} on a validation seed" if len(plan.lrs) > 1 else f", lr {plan.lrs[0]:g}")
+        + ("" if plan is whole else f" (the budgeted core; {len(whole.models) - len(plan.models)} more models "
+                                    "with --extended)"))
+    outcomes = _execute(plan, out, workers, log, run)
+    if plan is not whole:  # the report covers every finished job, extended tiers included
+        outcomes = _execute(whole, out, workers, log, run=False)
     summary = report.write(name, outcomes, plan.notes, results)
     overview = report.write_overview(results, results.parent / "results.md" if not quick else results / "results.md")
     log(f"wrote {results / name} and {overview}")
@@ -50,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "here); run nothing")
     p.add_argument("--report-only", action="store_true",
                    help="write the tables and plots of the jobs finished so far; run nothing")
+    p.add_argument("--extended", action="store_true",
+                   help="every tier of the grids (default: the budgeted core, tier 0 of each experiment, which fits "
+                        "about 2.5 h with --jobs 2 on a 2-core CPU; --estimate shows both)")
     p.add_argument("--verbose", action="store_true", help="with --estimate: every model's runs and cost")
     return p
 
@@ -68,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         from mc_jax.experiments.budget import estimate
 
         jobs = args.jobs if args.jobs > 1 else 2
-        print("\n".join(estimate(names, quick=args.quick, jobs=jobs, verbose=args.verbose)))
+        print("\n".join(estimate(names, quick=args.quick, jobs=jobs, verbose=args.verbose, extended=args.extended)))
         return 0
     # SIGTERM (kill, a scheduler's stop) unwinds like Ctrl-C, so queued jobs are cancelled and no worker outlives us
     in_main_thread = threading.current_thread() is threading.main_thread()
@@ -77,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name in names:
             run_experiment(name, quick=args.quick, workers=args.jobs, out=args.out, results=args.results,
-                           run=not args.report_only)
+                           run=not args.report_only, extended=args.extended)
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)

@@ -54,6 +54,7 @@ PARAM_AXES: dict[str, Logical] = {
     "v_proj/kernel": ("embed", "heads"),
     "u_proj/kernel": ("embed", "heads"),
     "gate_proj/kernel": ("embed", "heads"),
+    "gate_proj/bias": ("heads",),  # mixer.gate_bias (a learned bias unless None)
     "o_proj/kernel": ("heads", "embed"),
     "q_conv/kernel": ("conv", "heads"),
     "k_conv/kernel": ("conv", "heads"),

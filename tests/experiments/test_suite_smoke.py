@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mc_jax.experiments import budget, report
-from mc_jax.experiments.definitions import EXPERIMENTS
+from mc_jax.experiments.definitions import CORE_TIER, EXPERIMENTS, plan_of
 from mc_jax.experiments.evaluation import transplant
 from mc_jax.experiments.jobs import Job, run_jobs
 from mc_jax.experiments.suite import main, run_experiment
@@ -133,11 +133,13 @@ def test_post_training_fine_tune_starts_from_the_base_checkpoint(tmp_path):
 
 
 def test_estimate_counts_the_planned_runs_and_schedules_them():
-    plan = EXPERIMENTS["e2"](False)  # 3 models, lr sweep over 3 rates on the validation seed, 2 seeds
-    runs = budget.planned_runs(plan)
-    assert [sum(r.phase == p for r in runs) for p in ("sweep", "final", "after")] == [9, 6, 0]
+    runs = budget.planned_runs(EXPERIMENTS["e2"](False))  # 3 models, one rate, 2 seeds
+    assert [sum(r.phase == p for r in runs) for p in ("sweep", "final", "after")] == [0, 6, 0]
+    e1 = budget.planned_runs(plan_of("e1"))  # the core: lr sweep of linear none / grm and attention on seed 100
+    assert [sum(r.phase == p for r in e1) for p in ("sweep", "final", "after")] == [9, 30, 0]
     e3 = budget.planned_runs(EXPERIMENTS["e3"](False))
     assert sum(r.phase == "after" for r in e3) == 3 * 3 * 2  # posttrain, posttrain_ft, base_ft x needles x seeds
+    assert sum(r.phase == "after" for r in budget.planned_runs(plan_of("e3"))) == 3 * 2  # the core: passkey
     assert all(r.seconds > budget.RUN_OVERHEAD for r in runs)
     # the calibration point: a linear GRM stacked-MQAR run of 1500 steps at kv 32, alone
     ref = [r for r in budget.planned_runs(EXPERIMENTS["e5"](False)) if r.job.group == "grm"][0]
@@ -147,6 +149,17 @@ def test_estimate_counts_the_planned_runs_and_schedules_them():
     fake = [budget.RunCost(Job("e", str(i), None, (), 0), "final", c) for i, c in enumerate((4.0, 3.0, 3.0, 2.0))]
     assert budget.wall_seconds(fake, 1) == 12.0
     assert budget.wall_seconds(fake, 2) == pytest.approx(6.0 * budget.SHARED_SLOWDOWN[2])  # {4, 2} and {3, 3}
+
+
+def test_the_budgeted_core_is_tier_0_and_extended_is_the_whole_plan():
+    for name in EXPERIMENTS:
+        whole, core = EXPERIMENTS[name](False), plan_of(name)
+        assert plan_of(name, extended=True) is not core and len(plan_of(name, extended=True).models) == len(
+            whole.models)
+        assert [m.group for m in core.models] == [m.group for m in whole.models if m.tier <= CORE_TIER]
+        assert {a.source for a in core.after} <= {m.group for m in core.models}
+    assert plan_of("e1s").models == [] and len(plan_of("e1s", extended=True).models) > 0
+    assert len(plan_of("e5", quick=True).models) == len(EXPERIMENTS["e5"](True).models)  # --quick: every tier
 
 
 def test_cli_estimate_prints_the_plan_and_runs_nothing(tmp_path, capsys, monkeypatch):

@@ -134,8 +134,8 @@ def test_output_gate_options(activation, position):
     out = mixer.out_norm(y * gate) if position == "before_norm" else mixer.out_norm(y) * gate
     expected = mixer.o_proj(out.reshape(2, 9, -1))
     assert_allclose(mixer(x)[0], expected, "float32_fine")
-    assert config(memory="delta").mixer.gate_bias is None  # the default: no bias parameter (checkpoints unchanged)
-    assert MCMixer(config(memory="delta"), "mc", rngs=nnx.Rngs(0)).gate_proj.bias is None
+    assert config(memory="delta").mixer.gate_bias == 2.0  # the default since the eb study: the gate starts open
+    assert MCMixer(config(memory="delta", gate_bias=None), "mc", rngs=nnx.Rngs(0)).gate_proj.bias is None
 
 
 def test_output_gate_options_are_validated():

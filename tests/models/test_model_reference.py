@@ -53,7 +53,8 @@ def reference_logits(p, toks, cfg):
             y = rms(y, mp["out_norm"]["scale"])
         y = y.reshape(b, t, h * d)
         if m.output_gate:
-            y = y * jax.nn.silu(proj("gate_proj"))
+            bias = mp["gate_proj"].get("bias", 0.0)  # a learned bias unless mixer.gate_bias is None
+            y = y * jax.nn.silu(proj("gate_proj") + bias)
         x = x + y @ mp["o_proj"]["kernel"]
         if not cfg.mlp:
             continue
