@@ -30,7 +30,7 @@ import heapq
 from dataclasses import dataclass
 
 from mc_jax.experiments.definitions import TITLES, Plan, plan_of
-from mc_jax.experiments.jobs import VALIDATION_SEED, Job
+from mc_jax.experiments.jobs import VALIDATION_SEED, Job, model_rates
 
 REFERENCE = {"seconds": 105.0, "steps": 1500, "seq_len": 64, "batch": 64}
 MEMORY_FACTOR = {"linear": 1.0, "gated_linear": 1.1, "swla": 1.3, "delta": 2.5, "dla": 5.0, "titans": 5.0}
@@ -95,9 +95,8 @@ def planned_runs(plan: Plan) -> list[RunCost]:
     another group's rate, ``Job.lr_from``), the reported seeds, the post-training jobs (their learning rate is the
     source's, unknown before the sweep: the first rate stands in)."""
     runs = []
-    if len(plan.lrs) > 1:
-        runs += [RunCost(j, "sweep", run_seconds(j)) for m in plan.models if m.lr_from is None for lr in plan.lrs
-                 for j in [dataclasses.replace(m, seed=VALIDATION_SEED, lr=lr)]]
+    runs += [RunCost(j, "sweep", run_seconds(j)) for m in plan.models if len(model_rates(m, plan.lrs)) > 1
+             for lr in model_rates(m, plan.lrs) for j in [dataclasses.replace(m, seed=VALIDATION_SEED, lr=lr)]]
     lr = plan.lrs[0]
     runs += [RunCost(j, "final", run_seconds(j)) for m in plan.models for s in plan.seeds
              for j in [dataclasses.replace(m, seed=s, lr=lr)]]

@@ -47,6 +47,7 @@ class Job:
     extra: tuple[tuple[str, Any], ...] = ()
     source: str | None = None
     lr_from: str | None = None  # a budget cut: take the rate chosen for this group instead of sweeping
+    lrs: tuple[float, ...] | None = None  # the rates of this model (None: the plan's), e.g. a sweep for one model
     tier: int = 0  # run order of the reported jobs: tier by tier, each tier seed by seed
 
     @property
@@ -207,24 +208,38 @@ def _headline(result: dict[str, Any]) -> str:
     return ", ".join(p for p in parts if p)
 
 
+def model_rates(model: Job, lrs: tuple[float, ...]) -> tuple[float, ...]:
+    """The rates ``model`` is trained at: its own ``lrs`` or the plan's; ``()`` when it takes another group's
+    chosen rate (``lr_from``, with a plan that sweeps)."""
+    if model.lr_from is not None and len(lrs) > 1:
+        return ()
+    return model.lrs or lrs
+
+
 def lr_sweep(models: list[Job], seeds: tuple[int, ...], lrs: tuple[float, ...], out: str | Path, workers: int,
              log=print, *, run: bool = True) -> list[Outcome]:
     """The Zoology protocol: each model (a job template) at every ``lr`` on :data:`VALIDATION_SEED`, then the best
     rate (highest accuracy, lowest loss for language models) on ``seeds``. Returns the outcomes of both phases.
 
-    A model with ``lr_from`` is not swept: it takes the rate chosen for that group (a budget cut, reported as such).
+    A model with ``lr_from`` is not swept: it takes the rate chosen for that group (a budget cut, reported as such);
+    a model with its own ``lrs`` is swept over those (one rate: trained at it) whatever the plan's rates.
     The reported runs go tier by tier (``Job.tier``), each tier seed by seed, so a suite stopped early has its first
     tiers complete at every seed. ``run=False``: the finished jobs only (a model whose rate is not chosen yet is
     left out)."""
-    swept = [m for m in models if m.lr_from is None] if len(lrs) > 1 else []
-    unknown = sorted({m.lr_from for m in models if m.lr_from is not None} - {m.group for m in swept})
-    if len(lrs) > 1 and unknown:
+    swept = [m for m in models if len(model_rates(m, lrs)) > 1]
+    unknown = sorted({m.lr_from for m in models if not model_rates(m, lrs)} - {m.group for m in swept})
+    if unknown:
         raise ValueError(f"lr_from names groups that are not swept: {unknown}")
-    phase1 = run_jobs([dataclasses.replace(m, seed=VALIDATION_SEED, lr=lr) for m in swept for lr in lrs], out,
-                      workers, log, run=run)
+    phase1 = run_jobs([dataclasses.replace(m, seed=VALIDATION_SEED, lr=lr) for m in swept
+                       for lr in model_rates(m, lrs)], out, workers, log, run=run)
     swept_lrs = {m.group: [o for o in phase1 if o.job.group == m.group] for m in swept}
-    chosen = {g: best_lr(found) for g, found in swept_lrs.items() if len(found) == len(lrs)}
-    rate = lambda m: lrs[0] if len(lrs) == 1 else chosen.get(m.lr_from or m.group)
+    chosen = {m.group: best_lr(swept_lrs[m.group]) for m in swept
+              if len(swept_lrs[m.group]) == len(model_rates(m, lrs))}
+
+    def rate(m: Job) -> float | None:
+        own = model_rates(m, lrs)
+        return own[0] if len(own) == 1 else chosen.get(m.lr_from or m.group)
+
     final = [dataclasses.replace(m, seed=s, lr=rate(m)) for t in sorted({m.tier for m in models}) for s in seeds
              for m in models if m.tier == t and rate(m) is not None]
     return phase1 + run_jobs(final, out, workers, log, run=run)
