@@ -95,8 +95,9 @@ class MixerConfig:
         value_map: activation of the value projection, one of the same maps (``silu`` by default; ``identity``
             keeps the sign of every value coordinate, what a recall probe with signed value embeddings needs).
         output_norm: apply the per-head RMSNorm to the memory read (GLA / Gated DeltaNet style).
-        output_gate: multiply the read by ``silu(x W_gate)`` before the output projection (on stacked MQAR it was
-            the piece that stalled the cached layer on one seed: docs/recall_experiments.md).
+        output_gate: multiply the read by ``silu(x W_gate + b)`` before the output projection (``b``: see
+            ``gate_bias``; without the bias the gate starts near 0 and stalled the cached layer on stacked MQAR:
+            docs/recall_experiments.md, docs/results.md).
             ``feature_map=value_map="identity"`` with both of these off (and ``ModelConfig.mlp=False``) is the bare
             normalised linear-attention layer of the tiny recall protocol (``mc_jax/configs/train_tiny_mqar.py``).
         gate_activation: the output gate's activation, ``silu`` (GLA style, the default) or ``sigmoid`` (a gate in
