@@ -63,3 +63,19 @@ def test_torch_reference_rejects_bad_input():
         reference.memory_caching_linear(q, q, q, None, aggregation="grm", segment_size=2)
     with pytest.raises(ValueError, match="segment_size"):
         reference.memory_caching_linear(q, q, q, q, segment_size=0)
+
+
+def test_bench_torch_smoke(tmp_path):
+    """The benchmark script runs end to end at a tiny shape (eager torch) and writes a checked JSON row."""
+    import json
+
+    from benchmarks import bench_torch
+
+    out = tmp_path / "bench.json"
+    rc = bench_torch.main(["--lengths", "10", "--segment-sizes", "4", "--inits", "checkpoint", "--aggregations",
+                           "grm", "--batch", "1", "--heads", "1", "--dim", "4", "--repeats", "1", "--no-compile",
+                           "--out", str(out)])
+    assert rc == 0
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["checked"] and row["torch_eager"]["fwd_bwd"]["median_s"] > 0
+    assert set(row["rel_max_error_vs_xla"]) == {"xla", "auto", "torch"}
