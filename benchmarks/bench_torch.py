@@ -10,8 +10,8 @@ For every T x C x init x aggregation (linear memory, constant segments, B=2 H=4 
 for the forward (torch: under ``torch.no_grad()``, as jit's forward keeps no residuals) and the forward+backward
 (loss = mean(y^2); gradients of q, k, v and, for grm, u). One warm-up call, then the median of ``--repeats`` calls.
 The ratios are torch time / mc_jax time (above 1: mc_jax is faster). Every configuration also checks that torch and
-mc_jax agree on the forward output (float32: relative max error <= 1e-4; the float64 equality to 1e-10 of outputs and
-gradients is tests/benchmarks/test_torch_reference.py).
+mc_jax agree on the output and the gradients (float32: max |diff| / max |reference| <= 1e-4 for each, against
+``impl="xla"``; the float64 equality to 1e-10 is tests/benchmarks/test_torch_reference.py).
 
 Usage (needs the optional extra: ``pip install -e '.[torch]'``)::
 
@@ -53,7 +53,7 @@ from mc_jax.ops import memory_caching  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "bench_torch.json"
 IMPLS = ("xla", "auto")
-CHECK_TOL = 1e-4  # float32 forward, torch vs mc_jax, max |diff| / max |y|
+CHECK_TOL = 1e-4  # float32, each of y, dq, dk, dv, du against impl="xla": max |diff| / max |reference|
 COLUMNS = ["T", "C", "init", "agg"] + [f"{n} {p}" for n in ("xla", "auto", "torch", "t.comp") for p in ("fwd", "f+b")] \
     + ["torch/auto fwd", "torch/auto f+b", "comp/auto f+b", "torch/xla f+b", "err"]
 
@@ -64,6 +64,11 @@ def make_inputs(batch: int, length: int, heads: int, dim: int, seed: int = 0) ->
     normal = lambda: rng.standard_normal((batch, length, heads, dim), dtype=np.float32)
     unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
     return {"q": unit(normal()), "k": unit(normal()), "v": normal(), "u": normal()}
+
+
+def relative_error(x: np.ndarray, reference: np.ndarray) -> float:
+    """``max |x - reference| / max |reference|``."""
+    return float(np.max(np.abs(x - reference))) / (float(np.max(np.abs(reference))) or 1.0)
 
 
 def median_time(call, repeats: int) -> dict:
@@ -80,24 +85,27 @@ def median_time(call, repeats: int) -> dict:
 
 
 def jax_phases(cfg: dict, x: dict[str, np.ndarray], impl: str, repeats: int) -> tuple[dict, np.ndarray]:
-    """Forward and forward+backward of mc_jax under jit; also returns the forward output."""
+    """Forward and forward+backward of mc_jax under jit; also returns ``[y, dq, dk, dv (, du)]``."""
     grm = cfg["aggregation"] == "grm"
     names = ("q", "k", "v", "u") if grm else ("q", "k", "v")
     args = [jnp.asarray(x[n]) for n in names]
     kw = dict(memory="linear", aggregation=cfg["aggregation"], segment_size=cfg["C"], init=cfg["init"], impl=impl)
     forward = lambda q, k, v, u=None: memory_caching(q, k, v, u=u, **kw)
     loss = lambda *a: jnp.mean(forward(*a) ** 2)
-    result = {}
+    result, compiled = {}, {}
     for phase, fn in (("fwd", forward), ("fwd_bwd", jax.value_and_grad(loss, argnums=tuple(range(len(args)))))):
         start = time.perf_counter()
-        compiled = jax.jit(fn).lower(*args).compile()
+        compiled[phase] = jax.jit(fn).lower(*args).compile()
         compile_s = time.perf_counter() - start
-        result[phase] = {**median_time(lambda: jax.block_until_ready(compiled(*args)), repeats), "compile_s": compile_s}
-    return result, np.asarray(jax.jit(forward)(*args))
+        run = lambda: jax.block_until_ready(compiled[phase](*args))
+        result[phase] = {**median_time(run, repeats), "compile_s": compile_s}
+    _, grads = compiled["fwd_bwd"](*args)
+    return result, [np.asarray(compiled["fwd"](*args))] + [np.asarray(g) for g in grads]
 
 
 def torch_phases(cfg: dict, x: dict[str, np.ndarray], repeats: int, compile_: bool) -> tuple[dict, np.ndarray]:
-    """Forward (no_grad) and forward+backward of the torch reference, eager or ``torch.compile``d."""
+    """Forward (no_grad) and forward+backward of the torch reference, eager or ``torch.compile``d; also returns
+    ``[y, dq, dk, dv (, du)]``."""
     grm = cfg["aggregation"] == "grm"
     kw = dict(aggregation=cfg["aggregation"], segment_size=cfg["C"], init=cfg["init"])
     fn = lambda q, k, v, u: memory_caching_linear(q, k, v, u, **kw)
@@ -121,7 +129,8 @@ def torch_phases(cfg: dict, x: dict[str, np.ndarray], repeats: int, compile_: bo
         return loss
 
     result = {"fwd": median_time(forward, repeats), "fwd_bwd": median_time(fwd_bwd, repeats)}
-    return result, forward().numpy()
+    fwd_bwd()
+    return result, [forward().numpy()] + [a.grad.numpy() for a in args if a.requires_grad]
 
 
 def run_config(cfg: dict, args) -> dict:
@@ -136,8 +145,8 @@ def run_config(cfg: dict, args) -> dict:
             row["torch_compile"], outputs["torch_compile"] = torch_phases(cfg, x, args.repeats, compile_=True)
         except Exception as e:  # noqa: BLE001 - inductor needs a C++ toolchain; record why and go on
             row["torch_compile"] = {"error": f"{type(e).__name__}: {e}"[:2000]}
-    scale = float(np.max(np.abs(outputs["xla"]))) or 1.0
-    row["rel_max_error_vs_xla"] = {n: float(np.max(np.abs(y - outputs["xla"]))) / scale for n, y in outputs.items()}
+    row["rel_max_error_vs_xla"] = {n: max(relative_error(a, b) for a, b in zip(values, outputs["xla"]))
+                                   for n, values in outputs.items()}
     row["checked"] = all(e <= CHECK_TOL for e in row["rel_max_error_vs_xla"].values())
     seconds = lambda name, phase: ((row.get(name) or {}).get(phase) or {}).get("median_s")
     ratio = lambda a, b: None if a is None or b is None else a / b

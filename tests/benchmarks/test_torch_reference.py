@@ -19,8 +19,8 @@ from mc_jax.ops import memory_caching
 from tests.helpers.op_inputs import make_inputs
 from tests.helpers.tolerances import assert_close
 
-torch = pytest.importorskip("torch")
-reference = pytest.importorskip("benchmarks.torch_reference")
+torch = pytest.importorskip("torch")  # the optional extra; a broken reference below must fail, not skip
+from benchmarks import torch_reference as reference  # noqa: E402
 
 # (T, C, Dk, Dv, initial state): ragged last segment; C > T (one online segment); C = 1; segments that tile T
 SHAPES = [(11, 3, 5, 3, True), (5, 8, 4, 4, False), (6, 1, 3, 4, True), (12, 4, 4, 6, False)]
