@@ -1,0 +1,81 @@
+"""The PyTorch reference of the benchmark (``benchmarks/torch_reference.py``) equals mc_jax in float64.
+
+Outputs and the gradients of q, k, v, u and the initial state, for grm and residual, both inits, at tiny awkward
+shapes (a ragged last segment, a segment longer than the sequence, one-token segments, Dk != Dv). A benchmark that
+compares two codes is only meaningful if they compute the same thing.
+
+Skipped where torch is not installed, which includes CI: torch is the optional extra ``pip install -e '.[torch]'``
+(only the benchmark needs it), never part of ``test``. Install the extra to run these tests.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mc_jax.ops import memory_caching
+from tests.helpers.op_inputs import make_inputs
+from tests.helpers.tolerances import assert_close
+
+torch = pytest.importorskip("torch")  # the optional extra; a broken reference below must fail, not skip
+from benchmarks import torch_reference as reference  # noqa: E402
+
+# (T, C, Dk, Dv, initial state): ragged last segment; C > T (one online segment); C = 1; segments that tile T
+SHAPES = [(11, 3, 5, 3, True), (5, 8, 4, 4, False), (6, 1, 3, 4, True), (12, 4, 4, 6, False)]
+
+
+@pytest.mark.parametrize("init", ["independent", "checkpoint"])
+@pytest.mark.parametrize("aggregation", ["grm", "residual"])
+@pytest.mark.parametrize("shape", SHAPES, ids=[f"T{s[0]}C{s[1]}" for s in SHAPES])
+def test_torch_reference_equals_mc_jax(x64, aggregation, init, shape):
+    length, c, dk, dv, with_state = shape
+    a = make_inputs("linear", batch=2, length=length, heads=2, dk=dk, dv=dv, seed=length + c,
+                    initial_state=with_state)
+    names = ["q", "k", "v"] + (["u"] if aggregation == "grm" else []) + (["params"] if with_state else [])
+    ct = jax.random.normal(jax.random.key(7), (2, length, 2, dv), jnp.float64)
+    kw = dict(aggregation=aggregation, segment_size=c, init=init)
+
+    def loss_jax(args):
+        full = {"u": None, "params": None, **args}
+        y = memory_caching(full["q"], full["k"], full["v"], u=full["u"], params=full["params"], memory="linear",
+                           impl="xla", **kw)
+        return jnp.sum(ct * y), y
+
+    (_, y_jax), g_jax = jax.jit(jax.value_and_grad(loss_jax, has_aux=True))({n: a[n] for n in names})
+
+    t = {n: torch.tensor(np.asarray(a[n]), requires_grad=True) for n in names}
+    y_torch = reference.memory_caching_linear(t["q"], t["k"], t["v"], t.get("u"), s0=t.get("params"), **kw)
+    (torch.tensor(np.asarray(ct)) * y_torch).sum().backward()
+
+    assert y_torch.dtype == torch.float64
+    assert_close(y_torch.detach().numpy(), y_jax, "float64", "y")
+    for n in names:
+        assert_close(t[n].grad.numpy(), g_jax[n], "float64", f"d{n}")
+
+
+def test_torch_reference_rejects_bad_input():
+    q = torch.zeros(1, 4, 1, 2)
+    with pytest.raises(ValueError, match="aggregation must be one of"):
+        reference.memory_caching_linear(q, q, q, q, aggregation="soup", segment_size=2)
+    with pytest.raises(ValueError, match="needs u"):
+        reference.memory_caching_linear(q, q, q, None, aggregation="grm", segment_size=2)
+    with pytest.raises(ValueError, match="segment_size"):
+        reference.memory_caching_linear(q, q, q, q, segment_size=0)
+
+
+def test_bench_torch_smoke(tmp_path):
+    """The benchmark script runs end to end at a tiny shape (eager torch) and writes a checked JSON row."""
+    import json
+
+    from benchmarks import bench_torch
+
+    out = tmp_path / "bench.json"
+    rc = bench_torch.main(["--lengths", "10", "--segment-sizes", "4", "--inits", "checkpoint", "--aggregations",
+                           "grm", "--batch", "1", "--heads", "1", "--dim", "4", "--repeats", "1", "--no-compile",
+                           "--out", str(out)])
+    assert rc == 0
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["checked"] and row["torch_eager"]["fwd_bwd"]["median_s"] > 0
+    assert set(row["rel_max_error_vs_xla"]) == {"xla", "auto", "torch"}
