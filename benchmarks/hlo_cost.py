@@ -229,12 +229,14 @@ class HloCost:
 
     def largest_buffer(self) -> tuple[int, str, str]:
         """``(bytes, shape text, instruction)`` of the largest array produced outside fusion bodies."""
-        best = (0, "", "")
-        for dtype, text, dims, name in self._materialised():
-            nbytes = _elements(dims) * _BYTES[dtype]
-            if nbytes > best[0]:
-                best = (nbytes, f"{dtype}[{text}]", name)
-        return best
+        return (self.largest_buffers(1) or [(0, "", "")])[0]
+
+    def largest_buffers(self, count: int) -> list[tuple[int, str, str]]:
+        """The ``count`` largest arrays produced outside fusion bodies, ``(bytes, shape text, instruction)``,
+        largest first."""
+        found = [(_elements(dims) * _BYTES[dtype], f"{dtype}[{text}]", name)
+                 for dtype, text, dims, name in self._materialised()]
+        return sorted(found, key=lambda x: -x[0])[:count]
 
     def square_arrays(self, t: int, heads: int) -> list[str]:
         """Materialised arrays at least as large as one ``T x T`` array per head (``>= heads * t * t`` elements).

@@ -6,6 +6,12 @@
 (oldest, largest first). The group at level ``p`` (``2^p`` blocks) is block-aligned: it covers blocks
 ``[(c >> p << p) - 2^p, c >> p << p)``, i.e. it is group number ``(c >> p) - 1`` of level ``p``. Cache slot ``p``
 holds it; it is present exactly when bit ``p`` of ``c`` is set.
+
+Level layout of the whole-sequence read (:func:`level_groups`, :func:`odd_halves`): bit ``p`` of ``c`` is set exactly
+on the second ("odd") half of every pair of level-``p`` groups, blocks ``[(2j + 1) 2^p, (2j + 2) 2^p)``, and all of
+those blocks read group ``2j`` of level ``p``. So level ``p`` is read as one memory per pair ``j`` by a contiguous
+run of ``span = C 2^p`` tokens: every token reads only its present levels, and no per-token (or per-block) copy of
+the slots is formed -- ``O(T log T)`` read-outs and ``O(N)`` memories over all levels.
 """
 
 from __future__ import annotations
@@ -16,8 +22,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from mc_jax.ops.utils import ceil_div
-from mc_jax.typing import Array, Bool, Int
+from mc_jax.ops.utils import ceil_div, pad_axis
+from mc_jax.typing import Array, Bool, Float, Int
 
 SEGMENTATIONS = ("constant", "log")
 
@@ -81,3 +87,30 @@ def fenwick_merge_level(block: Int[Array, ""]) -> Int[Array, ""]:
     into it) and levels ``<= m`` restart.
     """
     return jax.lax.population_count(block ^ (block + 1)) - 1
+
+
+def level_groups(n_blocks: int, level: int) -> int:
+    """Pairs of level-``level`` groups over ``n_blocks`` blocks (the last one may be cut): ``ceil(nb / 2^(p+1))``."""
+    return ceil_div(n_blocks, 2 << level)
+
+
+def odd_halves(x: Float[Array, "b t *rest"], span: int, groups: int) -> Float[Array, "b g span *rest"]:
+    """The tokens that read a level's groups: the odd half ``[(2j + 1) span, (2j + 2) span)`` of every pair ``j <
+    groups`` (``span = C 2^p`` tokens; the sequence is zero-padded at the end to ``2 span groups`` tokens)."""
+    x = pad_axis(x, 2 * span * groups, 1)
+    return x.reshape(x.shape[0], groups, 2, span, *x.shape[2:])[:, :, 1]
+
+
+def even_groups(x: Float[Array, "b t *rest"], span: int) -> Float[Array, "b u *rest"]:
+    """The tokens of the even groups ``[2j span, (2j + 1) span)`` of a level (the ones its odd halves read), in
+    order: ``u = ceil(t / (2 span)) span`` (``t`` a multiple of ``span``)."""
+    b, t = x.shape[:2]
+    groups = x.reshape(b, t // span, span, *x.shape[2:])[:, ::2]
+    return groups.reshape(b, -1, *x.shape[2:])
+
+
+def from_odd_halves(y: Float[Array, "b g span *rest"], length: int) -> Float[Array, "b length *rest"]:
+    """The inverse layout of :func:`odd_halves`: ``y`` on the odd halves, zeros on the even ones, ``length`` tokens."""
+    b, g, span = y.shape[:3]
+    full = jnp.stack([jnp.zeros_like(y), y], axis=2).reshape(b, 2 * g * span, *y.shape[3:])
+    return full[:, :length]

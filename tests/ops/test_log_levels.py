@@ -1,0 +1,117 @@
+"""Log segmentation's per-level read (``mc_jax.ops.segmentation.odd_halves``, ``reads.blocked_mix``,
+``reads_causal.residual_blocked_read``, ``stages.Compressed.level_memories``) against the obvious per-token forms.
+
+The per-level layout reads level ``p`` only on the odd halves of its group pairs; the references gather every
+(token, slot) memory by the Fenwick slots (``segmentation.fenwick_slots``) and mix them with the weights. Block counts
+are not powers of two (the last pair of a level is cut), with several levels; outputs and gradients of every input in
+float64 and float32, and end to end against the per-token definition (``impl="naive"``).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mc_jax.ops import memory_caching
+from mc_jax.ops.memories import get_memory
+from mc_jax.ops.reads import blocked_mix
+from mc_jax.ops.reads_causal import residual_blocked_read
+from mc_jax.ops.segmentation import fenwick_slots, from_odd_halves, level_groups, num_levels, odd_halves
+from tests.helpers.op_inputs import make_inputs, mc_kwargs
+from tests.helpers.tolerances import assert_close, check_read
+
+B, H, DK, DV, F = 2, 2, 4, 3, 5
+SIZE, NB = 2, 11  # 11 blocks of 2 tokens: 4 levels, every level's last pair cut
+
+
+@pytest.mark.parametrize("n_blocks", [1, 2, 11, 13])
+def test_odd_halves_are_the_blocks_where_a_level_is_present(n_blocks):
+    """Token ``t`` of block ``c`` lands in pair ``c >> (p + 1)`` of level ``p`` exactly when bit ``p`` of ``c`` is
+    set (the Fenwick slot is present), and that pair's memory is the slot's group ``(c >> p) - 1``."""
+    levels, t = num_levels(n_blocks), n_blocks * SIZE
+    slots = fenwick_slots(n_blocks, levels)
+    token = jnp.arange(t)[None]  # 1 t
+    for p in range(levels):
+        groups, span = level_groups(n_blocks, p), SIZE << p
+        pair = jnp.broadcast_to(jnp.arange(groups)[None, :, None], (1, groups, span))
+        reads = from_odd_halves(jnp.ones((1, groups, span), bool), t)[0]
+        np.testing.assert_array_equal(reads, slots.present[token[0] // SIZE, p])
+        present, group = (np.asarray(a[np.arange(t) // SIZE, p]) for a in (slots.present, slots.group))
+        np.testing.assert_array_equal(2 * np.asarray(from_odd_halves(pair, t)[0])[present], group[present])
+        round_trip = from_odd_halves(odd_halves(token + 1, span, groups), t)[0]  # + 1: token 0 is not a zero
+        np.testing.assert_array_equal(round_trip, np.where(reads, token[0] + 1, 0))
+
+
+def _stacks(family: str, dtype, seed=0):
+    """Random per-level stacks (leaves ``[b, g_p, h, ...]``), inputs and weights that are zero where absent."""
+    keys = iter(jax.random.split(jax.random.key(seed), 16))
+    normal = lambda shape: jax.random.normal(next(keys), shape, dtype)
+    levels, t = num_levels(NB), NB * SIZE
+    if family == "linear":
+        stacks = [normal((B, level_groups(NB, p), H, DK, DV)) for p in range(levels)]
+        x = normal((B, t, H, DK))
+    else:
+        stacks = [{"W1": 0.5 * normal((B, level_groups(NB, p), H, DK, F)),
+                   "W2": 0.5 * normal((B, level_groups(NB, p), H, F, DK))} for p in range(levels)]
+        x = normal((B, t, H, DK))
+    present = fenwick_slots(NB, levels).present[jnp.arange(t) // SIZE]  # t m
+    gamma = jnp.where(present[None, :, None], jax.nn.softmax(normal((B, t, H, levels)), -1), 0.0)
+    return dict(stacks=stacks, x=x, gamma=gamma)
+
+
+def _per_token_reference(spec, what, a):
+    """The obvious form: every token's slot memories gathered (``[b, t, m, h, ...]``), each read, gamma-weighted."""
+    stacks, x, gamma = a["stacks"], a["x"], a["gamma"]
+    t, levels = x.shape[1], len(stacks)
+    pair = (jnp.arange(t) // SIZE)[:, None] >> (jnp.arange(levels)[None] + 1)  # t m
+    gathered = [jax.tree.map(lambda s, p=p: s[:, pair[:, p]], stacks[p])
+                for p in range(levels)]  # leaves b t h ...
+    out = spec.family.map_residual(what, x, gamma.sum(-1))
+    for p, memory in enumerate(gathered):
+        maps = spec.family.apply_map("blocked", what, memory, x[:, :, None])[:, :, 0]  # runs of one token
+        out = out + gamma[..., p, None] * jnp.where(gamma[..., p, None] != 0, maps, 0.0)
+    return out
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("memory,what", [("linear", "read"), ("titans", "read"), ("titans", "W1")])
+def test_blocked_mix_equals_per_token_gather(x64, dtype, memory, what):
+    spec = get_memory(memory)
+    a = _stacks(spec.family.name, dtype)
+    if what == "W1":  # W1 maps the hidden layer
+        a["x"] = jax.random.normal(jax.random.key(3), a["x"].shape[:3] + (F,), dtype)
+    fast = lambda a: (blocked_mix(spec, what, a["stacks"], a["gamma"], a["x"], SIZE),)
+    check_read(fast, lambda a: (_per_token_reference(spec, what, a),), a, dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_residual_blocked_read_equals_blocked_mix(x64, dtype):
+    spec = get_memory("linear")
+    a = _stacks("linear", dtype, seed=1)
+    a["gamma"] = (a["gamma"] > 0).astype(dtype)  # residual: weight 1 on every present level
+    fast = lambda a: (residual_blocked_read(a["stacks"], a["x"], SIZE),)
+    check_read(fast, lambda a: (blocked_mix(spec, "read", a["stacks"], jax.lax.stop_gradient(a["gamma"]),
+                                            a["x"], SIZE),), dict(stacks=a["stacks"], x=a["x"], gamma=a["gamma"]),
+               dtype)
+
+
+# End to end: T = 23 tokens, blocks of 2 -> 12 blocks, 4 levels (the last pair of levels 2 and 3 cut).
+E2E = [("linear", "grm", "independent"), ("linear", "grm", "checkpoint"), ("gated_linear", "residual", "checkpoint")]
+
+
+@pytest.mark.parametrize("memory,aggregation,init", E2E)
+def test_log_segmentation_equals_definition(x64, memory, aggregation, init):
+    """Outputs and gradients of every input (float64) of ``impl="auto"`` against the per-token definition; float32
+    outputs against the float64 definition."""
+    inputs = make_inputs(memory, batch=1, length=23)
+    kw = mc_kwargs(memory, aggregation, "log", init, segment_size=2, chunk_size=1)
+    cotangent = jax.random.normal(jax.random.key(7), inputs["v"].shape, inputs["v"].dtype)
+    loss = lambda impl: lambda a: jnp.sum(cotangent * memory_caching(**a, **kw, impl=impl))
+    expected = memory_caching(**inputs, **kw, impl="naive")
+    assert_close(jax.jit(lambda a: memory_caching(**a, **kw, impl="auto"))(inputs), expected, "float64", "y")
+    jax.tree_util.tree_map_with_path(lambda p, g, e: assert_close(g, e, "float64", f"d{jax.tree_util.keystr(p)}"),
+                                     jax.jit(jax.grad(loss("auto")))(inputs), jax.grad(loss("naive"))(inputs))
+    f32 = jax.tree.map(lambda x: x.astype(jnp.float32), inputs)
+    assert_close(memory_caching(**f32, **kw, impl="auto"), expected, "float32", "float32")
