@@ -238,6 +238,32 @@ class HloCost:
                  for dtype, text, dims, name in self._materialised()]
         return sorted(found, key=lambda x: -x[0])[:count]
 
+    def loops(self) -> list[dict]:
+        """Every ``while`` loop: ``trips`` (``known_trip_count``), the FLOPs and dot FLOPs of one body, and the shape
+        of its carried tuple."""
+        out = []
+        for comp in self.comps.values():
+            for ins in comp.instrs:
+                if ins.opcode == "while":
+                    body = self.cost(_attr_comp(ins.attrs, "body"))
+                    out.append(dict(trips=_trip_count(ins.attrs), body_flops=body.flops, body_dot_flops=body.dot_flops,
+                                    carried=ins.type_text))
+        return out
+
+    def copies(self) -> tuple[int, int]:
+        """``(count, bytes)`` of the copies and transposes outside fusion bodies (plain, or fusions XLA named after
+        them): layout changes, no arithmetic."""
+        count = nbytes = 0
+        for comp in self.comps.values():
+            if comp.name in self.fused:
+                continue
+            for ins in comp.instrs:
+                named = ins.opcode == "fusion" and ("copy" in ins.name or "transpose" in ins.name)
+                shape = _shape_of(ins.type_text)
+                if shape and (ins.opcode in ("copy", "transpose") or named):
+                    count, nbytes = count + 1, nbytes + _elements(shape[1]) * _BYTES[shape[0]]
+        return count, nbytes
+
     def square_arrays(self, t: int, heads: int) -> list[str]:
         """Materialised arrays at least as large as one ``T x T`` array per head (``>= heads * t * t`` elements).
 
