@@ -115,3 +115,18 @@ def test_log_segmentation_equals_definition(x64, memory, aggregation, init):
                                      jax.jit(jax.grad(loss("auto")))(inputs), jax.grad(loss("naive"))(inputs))
     f32 = jax.tree.map(lambda x: x.astype(jnp.float32), inputs)
     assert_close(memory_caching(**f32, **kw, impl="auto"), expected, "float32", "float32")
+
+
+@pytest.mark.parametrize("memory,aggregation,init", [("linear", "grm", "checkpoint"),
+                                                     ("gated_linear", "residual", "independent")])
+def test_non_finite_key_never_reaches_earlier_tokens(memory, aggregation, init):
+    """A NaN / inf key at token 13 (block 6: levels 1 and 2 present) leaves every earlier output unchanged."""
+    inputs = make_inputs(memory, batch=1, length=23, dtype=jnp.float32)
+    kw = mc_kwargs(memory, aggregation, "log", init, segment_size=2, chunk_size=1)
+    run = jax.jit(lambda k: memory_caching(**dict(inputs, k=k), **kw, impl="auto"))
+    clean = run(inputs["k"])
+    assert np.isfinite(np.asarray(clean)).all()
+    for value in (np.nan, np.inf):
+        y = run(inputs["k"].at[:, 13, :, 1].set(value))
+        assert_close(y[:, :13], clean[:, :13], "float32", f"k[13] = {value}")
+        assert not np.isfinite(np.asarray(y[:, 13:])).all()  # later tokens that read it do see it
