@@ -7,7 +7,7 @@ layouts:
   * dense: one stack ``[b, m, h, ...]`` shared by every token (constant segmentation), read in query blocks under
     ``jax.checkpoint`` so that at most ``block x m x out`` values per head are alive at a time (forward and backward);
   * per level: log segmentation's memories, one stack ``[b, g, h, ...]`` per level, memory ``j`` read by the tokens
-    of the odd half of the ``j``-th pair of that level's groups (:mod:`mc_jax.ops.segmentation`).
+    of the odd half of the ``j``-th pair of that level's groups (:func:`mc_jax.ops.segmentation.odd_runs`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from mc_jax.ops.memories import MemorySpec
-from mc_jax.ops.segmentation import from_odd_halves, odd_halves
+from mc_jax.ops.segmentation import from_odd_runs, odd_runs
 from mc_jax.typing import Array, Bool, Float, PyTree
 
 
@@ -65,15 +65,21 @@ def blocked_mix(
 ) -> Float[Array, "b t h o"]:
     """``sum_p gamma[t, p] map_{p, t}(x_t)`` over log segmentation's levels (blocks of ``size`` tokens).
 
-    ``stacks[p]`` (leaves ``[b, g_p, h, ...]``) holds per pair ``j`` of level-``p`` groups the memory its odd half
-    reads (:func:`~mc_jax.ops.segmentation.odd_halves`); only those tokens read it, so a token does one read per
-    level present for it and nothing is formed per (token, slot). ``gamma`` is zero where a level is absent.
+    ``stacks[p]`` (leaves ``[b, read_groups(nb, p), h, ...]``) holds, per pair ``j`` of level-``p`` groups, the memory
+    its odd half reads (:func:`~mc_jax.ops.segmentation.odd_runs`); only those tokens read it, so a token does one
+    read per level present for it and nothing is formed per (token, slot). ``gamma`` is zero where a level is absent.
     """
     t = x.shape[1]
     family = spec.family
     out = family.map_residual(what, x, gamma.sum(-1))
     for p, stack in enumerate(stacks):
-        span, groups = size << p, jax.tree.leaves(stack)[0].shape[1]
-        maps = family.apply_map("blocked", what, stack, odd_halves(x, span, groups))  # b g c h o
-        out = out + from_odd_halves(odd_halves(gamma[..., p], span, groups)[..., None] * maps, t)
+        span = size << p
+        (xw, xt), (gw, gt) = odd_runs(x, span), odd_runs(gamma[..., p], span)
+        if xw is None and xt is None:  # a single block: no token reads level 0
+            continue
+        whole = 0 if xw is None else xw.shape[1]
+        read = lambda xs, gs, lo, hi: gs[..., None] * family.apply_map(
+            "blocked", what, jax.tree.map(lambda s: s[:, lo:hi], stack), xs)  # b g c h o
+        out = out + from_odd_runs(None if xw is None else read(xw, gw, 0, whole),
+                                  None if xt is None else read(xt, gt, whole, whole + 1), t)
     return out

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 
 from mc_jax.ops.memories import MemorySpec
 from mc_jax.ops.reads import dense_mix
-from mc_jax.ops.segmentation import from_odd_halves
+from mc_jax.ops.segmentation import from_odd_runs
 from mc_jax.typing import Array, Bool, Float, PyTree
 
 
@@ -138,6 +138,17 @@ def residual_blocked_read(stacks: list[Float[Array, "b g h dk dv"]], q: Float[Ar
     block), then one read per token."""
     b, t, h, dk = q.shape
     nb = t // size
-    per_block = lambda p, s: from_odd_halves(jnp.broadcast_to(s[:, :, None], (*s.shape[:2], 1 << p, *s.shape[2:])), nb)
-    summed = sum(per_block(p, s) for p, s in enumerate(stacks))  # b nb h dk dv
+    summed = sum(present_per_block(s, 1 << p, nb) for p, s in enumerate(stacks) if s.shape[1])  # b nb h dk dv
+    if isinstance(summed, int):  # a single block: nothing is read
+        return jnp.zeros((b, t, h, stacks[0].shape[-1]), q.dtype)
     return jnp.einsum("bnchk,bnhkv->bnchv", q.reshape(b, nb, size, h, dk), summed).reshape(b, t, h, -1)
+
+
+def present_per_block(stack: Float[Array, "b g h dk dv"], span: int, n_blocks: int) -> Float[Array, "b nb h dk dv"]:
+    """A level's memories (``span = 2^p`` blocks per group) on the blocks that read them (the odd halves of
+    :func:`~mc_jax.ops.segmentation.odd_runs` over blocks), zeros elsewhere."""
+    whole = min(stack.shape[1], n_blocks // (2 * span))
+    spread = lambda s, width: jnp.broadcast_to(s[:, :, None], (*s.shape[:2], width, *s.shape[2:]))
+    tail = n_blocks - (2 * whole + 1) * span
+    return from_odd_runs(spread(stack[:, :whole], span) if whole else None,
+                         spread(stack[:, whole:], tail) if tail > 0 else None, n_blocks)

@@ -31,7 +31,7 @@ from mc_jax.ops import aggregation as agg
 from mc_jax.ops.memories import IDENTITY_GATES, MemorySpec
 from mc_jax.ops.memories.linear import from_chunks, to_chunks
 from mc_jax.ops.reads import blocked_mix, dense_mix
-from mc_jax.ops.segmentation import even_groups, fenwick_slots, level_groups
+from mc_jax.ops.segmentation import even_groups, fenwick_slots, read_groups
 from mc_jax.ops.utils import pad_axis
 from mc_jax.typing import Array, Bool, Float, PyTree
 
@@ -137,7 +137,7 @@ class Compressed(NamedTuple):
 
     ``online``: chunk data of the online memory over runs of ``run`` tokens (``[b * length / run, ...]``);
     ``finals``: independent: the readable memory of every block (level 0, leaves ``[b, n, h, ...]``), then per
-    level ``p > 0`` of its even groups ``2j`` only (the ones a token reads; leaves ``[b, ceil(n_p / 2), h, ...]``);
+    level ``p > 0`` of the even groups ``2j`` some token reads (leaves ``[b, read_groups(n, p), h, ...]``);
     ``boundaries``: checkpoint: the readable state after every ``chunk`` tokens, leaves ``[b, length/chunk + 1, ...]``.
     """
 
@@ -154,32 +154,30 @@ class Compressed(NamedTuple):
         return jax.tree.map(lambda s: s[:, self.per_block::self.per_block], self.boundaries)  # after segment i
 
     def level_memories(self, n_blocks: int, levels: int) -> list[PyTree]:
-        """Per level ``p``: for every pair ``j`` of level-``p`` groups the memory its odd half reads
-        (:func:`~mc_jax.ops.segmentation.odd_halves`), group ``2j`` (blocks ``[2j 2^p, (2j + 1) 2^p)``); leaves
-        ``[b, level_groups(n_blocks, p), h, ...]`` (zeros for a pair whose odd half lies past the blocks)."""
-        stacks = []
-        for p in range(levels):
-            groups = level_groups(n_blocks, p)
-            if self.finals is not None:  # the level's independent runs of its even groups
-                stacks.append(jax.tree.map(lambda s: s[:, 0::2], self.finals[0]) if p == 0 else self.finals[p])
-            else:  # the running state at block (2j + 1) 2^p
-                step = self.per_block << p
-                cut = lambda s, step=step, groups=groups: pad_axis(s[:, step:n_blocks * self.per_block:2 * step],
-                                                                    groups, 1)
-                stacks.append(jax.tree.map(cut, self.boundaries))
-        return stacks
+        """Per level ``p``: for every pair ``j`` of level-``p`` groups with a reader the memory its odd half reads
+        (:func:`~mc_jax.ops.segmentation.odd_runs`), group ``2j`` (blocks ``[2j 2^p, (2j + 1) 2^p)``); leaves
+        ``[b, read_groups(n_blocks, p), h, ...]``."""
+        if self.finals is not None:  # the independent runs of the even groups that are read
+            level0 = jax.tree.map(lambda s: s[:, 0:2 * read_groups(n_blocks, 0):2], self.finals[0])
+            return [level0] + self.finals[1:levels]
+        # the running state at block (2j + 1) 2^p
+        step = lambda p: self.per_block << p
+        return [jax.tree.map(lambda s, p=p: s[:, step(p):n_blocks * self.per_block:2 * step(p)], self.boundaries)
+                for p in range(levels)]
 
 
 def compress_independent(spec: MemorySpec, k, v, gates, valid, init_state, *, size: int, levels: int, chunk: int,
                          state_pass: Callable) -> Compressed:
     """Every group of ``size << p`` tokens (``p < levels``) is an independent run from ``init_state``: every block
-    (level 0: the online memory's runs too), and at a level ``p > 0`` its even groups only (group ``2j + 1`` would be
-    read by the blocks with ``c >> p = 2j + 2``, whose bit ``p`` is clear: no token reads it), half a pass per level."""
-    b = k.shape[0]
+    (level 0: the online memory's runs too), and at a level ``p > 0`` only the even groups some token reads (group
+    ``2j + 1`` would be read by the blocks with ``c >> p = 2j + 2``, whose bit ``p`` is clear; a group that ends past
+    the sequence has no reader), at most half a pass per level. ``k`` etc. are padded to whole blocks only."""
+    b, n_blocks = k.shape[0], k.shape[1] // size
     level_finals, online = [], None
     for p in range(levels):
-        run = size << p
-        runs = (lambda x: to_runs(x, run)) if p == 0 else (lambda x, run=run: to_runs(even_groups(x, run), run))
+        run, groups = size << p, read_groups(n_blocks, p)
+        runs = ((lambda x: to_runs(x, run)) if p == 0
+                else (lambda x, run=run, groups=groups: to_runs(even_groups(x, run, groups), run)))
         init = broadcast_runs(init_state, runs(valid).shape[0] // b)
         data, finals = state_pass(spec, runs(k), runs(v), {name: runs(g) for name, g in gates.items()}, init, chunk,
                                   runs(valid))

@@ -1,4 +1,4 @@
-"""Log segmentation's per-level read (``mc_jax.ops.segmentation.odd_halves``, ``reads.blocked_mix``,
+"""Log segmentation's per-level read (``mc_jax.ops.segmentation.odd_runs``, ``reads.blocked_mix``,
 ``reads_causal.residual_blocked_read``, ``stages.Compressed.level_memories``) against the obvious per-token forms.
 
 The per-level layout reads level ``p`` only on the odd halves of its group pairs; the references gather every
@@ -18,7 +18,7 @@ from mc_jax.ops import memory_caching
 from mc_jax.ops.memories import get_memory
 from mc_jax.ops.reads import blocked_mix
 from mc_jax.ops.reads_causal import residual_blocked_read
-from mc_jax.ops.segmentation import fenwick_slots, from_odd_halves, level_groups, num_levels, odd_halves
+from mc_jax.ops.segmentation import fenwick_slots, from_odd_runs, num_levels, odd_runs, read_groups
 from tests.helpers.op_inputs import make_inputs, mc_kwargs
 from tests.helpers.tolerances import assert_close, check_read
 
@@ -27,21 +27,28 @@ SIZE, NB = 2, 11  # 11 blocks of 2 tokens: 4 levels, every level's last pair cut
 
 
 @pytest.mark.parametrize("n_blocks", [1, 2, 11, 13])
-def test_odd_halves_are_the_blocks_where_a_level_is_present(n_blocks):
+def test_odd_runs_are_the_blocks_where_a_level_is_present(n_blocks):
     """Token ``t`` of block ``c`` lands in pair ``c >> (p + 1)`` of level ``p`` exactly when bit ``p`` of ``c`` is
-    set (the Fenwick slot is present), and that pair's memory is the slot's group ``(c >> p) - 1``."""
+    set (the Fenwick slot is present), that pair's memory is the slot's group ``(c >> p) - 1``, and the runs are
+    exactly :func:`read_groups` (the last one cut at the end of the sequence)."""
     levels, t = num_levels(n_blocks), n_blocks * SIZE
     slots = fenwick_slots(n_blocks, levels)
     token = jnp.arange(t)[None]  # 1 t
     for p in range(levels):
-        groups, span = level_groups(n_blocks, p), SIZE << p
-        pair = jnp.broadcast_to(jnp.arange(groups)[None, :, None], (1, groups, span))
-        reads = from_odd_halves(jnp.ones((1, groups, span), bool), t)[0]
-        np.testing.assert_array_equal(reads, slots.present[token[0] // SIZE, p])
+        span = SIZE << p
+        whole, tail = odd_runs(token + 1, span)  # + 1: token 0 is not a zero
+        runs = [r for r in (whole, tail) if r is not None]
+        assert sum(r.shape[1] for r in runs) == read_groups(n_blocks, p)
         present, group = (np.asarray(a[np.arange(t) // SIZE, p]) for a in (slots.present, slots.group))
-        np.testing.assert_array_equal(2 * np.asarray(from_odd_halves(pair, t)[0])[present], group[present])
-        round_trip = from_odd_halves(odd_halves(token + 1, span, groups), t)[0]  # + 1: token 0 is not a zero
-        np.testing.assert_array_equal(round_trip, np.where(reads, token[0] + 1, 0))
+        if not runs:  # one block: nothing to read
+            assert not present.any()
+            continue
+        f = 0 if whole is None else whole.shape[1]  # the tail is pair f
+        pair = from_odd_runs(None if whole is None else jnp.broadcast_to(jnp.arange(f)[None, :, None], whole.shape),
+                             None if tail is None else jnp.full(tail.shape, f), t)[0]
+        round_trip = np.asarray(from_odd_runs(whole, tail, t)[0])
+        np.testing.assert_array_equal(round_trip, np.where(present, token[0] + 1, 0))
+        np.testing.assert_array_equal(2 * np.asarray(pair)[present], group[present])
 
 
 def _stacks(family: str, dtype, seed=0):
@@ -50,11 +57,11 @@ def _stacks(family: str, dtype, seed=0):
     normal = lambda shape: jax.random.normal(next(keys), shape, dtype)
     levels, t = num_levels(NB), NB * SIZE
     if family == "linear":
-        stacks = [normal((B, level_groups(NB, p), H, DK, DV)) for p in range(levels)]
+        stacks = [normal((B, read_groups(NB, p), H, DK, DV)) for p in range(levels)]
         x = normal((B, t, H, DK))
     else:
-        stacks = [{"W1": 0.5 * normal((B, level_groups(NB, p), H, DK, F)),
-                   "W2": 0.5 * normal((B, level_groups(NB, p), H, F, DK))} for p in range(levels)]
+        stacks = [{"W1": 0.5 * normal((B, read_groups(NB, p), H, DK, F)),
+                   "W2": 0.5 * normal((B, read_groups(NB, p), H, F, DK))} for p in range(levels)]
         x = normal((B, t, H, DK))
     present = fenwick_slots(NB, levels).present[jnp.arange(t) // SIZE]  # t m
     gamma = jnp.where(present[None, :, None], jax.nn.softmax(normal((B, t, H, levels)), -1), 0.0)
