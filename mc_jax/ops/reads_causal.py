@@ -138,16 +138,17 @@ def residual_blocked_read(stacks: list[Float[Array, "b g h dk dv"]], q: Float[Ar
     block), then one read per token."""
     b, t, h, dk = q.shape
     nb = t // size
-    summed = sum(present_per_block(s, 1 << p, nb) for p, s in enumerate(stacks) if s.shape[1])  # b nb h dk dv
-    if isinstance(summed, int):  # a single block: nothing is read
+    levels = [present_per_block(s, 1 << p, nb) for p, s in enumerate(stacks) if s.shape[1]]  # b nb h dk dv each
+    if not levels:  # a single block: nothing is read
         return jnp.zeros((b, t, h, stacks[0].shape[-1]), q.dtype)
+    summed = sum(levels[1:], levels[0])
     return jnp.einsum("bnchk,bnhkv->bnchv", q.reshape(b, nb, size, h, dk), summed).reshape(b, t, h, -1)
 
 
 def present_per_block(stack: Float[Array, "b g h dk dv"], span: int, n_blocks: int) -> Float[Array, "b nb h dk dv"]:
     """A level's memories (``span = 2^p`` blocks per group) on the blocks that read them (the odd halves of
     :func:`~mc_jax.ops.segmentation.odd_runs` over blocks), zeros elsewhere."""
-    whole = min(stack.shape[1], n_blocks // (2 * span))
+    whole = n_blocks // (2 * span)  # whole odd halves; the stack holds one more memory for a cut last one
     spread = lambda s, width: jnp.broadcast_to(s[:, :, None], (*s.shape[:2], width, *s.shape[2:]))
     tail = n_blocks - (2 * whole + 1) * span
     return from_odd_runs(spread(stack[:, :whole], span) if whole else None,
