@@ -19,6 +19,12 @@
    (:func:`mc_jax.dispatch.cost.quadratic_pays`); the causally visible FLOPs
    (:func:`mc_jax.dispatch.cost.useful_op_macs`) per second as a fraction of a dense f32 matmul timed in the same
    process (:func:`benchmarks.bench_ops.dense_matmul_gflops`), forward and forward+backward (3x the forward's).
+5. **Compiled memory of log segmentation** (no timing: compile-time figures, insensitive to the machine's load):
+   ``memory_analysis()`` (arguments + outputs + temporaries) of the jitted forward+backward of linear + grm,
+   ``segmentation="log"``, both inits, C=64, B=1 H=4 D=64 at ``--memory-lengths``, for ``--old-rev`` and this
+   checkout; the ratio per doubling of T, the executed FLOPs (:mod:`benchmarks.hlo_cost`, loops times their trip
+   counts) and their growth exponent over the lengths >= 4096, and the largest buffers of the compiled module.
+   ``--memory-only`` runs this part alone (a few minutes).
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "bench_perf.json"
+MEMORY_OUT = ROOT / "benchmarks" / "results" / "bench_perf_memory.json"  # --memory-only's default
 
 
 # --- worker: runs inside a child process with one version of mc_jax on sys.path -----------------------------------
@@ -48,6 +55,8 @@ def _worker(code: Path, impl: str, configs: list[dict], repeats: int) -> None:
     from mc_jax.ops import memory_caching
 
     assert Path(mc_jax.__file__).resolve().is_relative_to(code.resolve()), mc_jax.__file__
+    if impl == "memory":
+        return _memory_rows(memory_caching, configs)
     force = {"quadratic": True, "state_read": False}.get(impl.partition(":")[2])
     impl = impl.partition(":")[0]
     dense = None
@@ -94,6 +103,37 @@ def _worker(code: Path, impl: str, configs: list[dict], repeats: int) -> None:
             useful = 2.0 * b * h * cfg["useful_macs"]
             row.update(dense_gflops=dense, fwd_useful_pct=100 * useful / (row["fwd_ms"] * 1e6) / dense,
                        fwd_bwd_useful_pct=100 * 3 * useful / (row["fwd_bwd_ms"] * 1e6) / dense)
+        print("ROW " + json.dumps(row), flush=True)
+
+
+def _memory_rows(memory_caching, configs: list[dict]) -> None:
+    """Part 5 in the worker: the compiled forward+backward's memory, executed FLOPs and largest buffers."""
+    import jax
+    import jax.numpy as jnp
+
+    from benchmarks.hlo_cost import HloCost, memory_bytes
+
+    for cfg in configs:
+        b, t, h, d = cfg["B"], cfg["T"], cfg["H"], cfg["D"]
+        q, k, v, u, ct = (jax.random.normal(key, (b, t, h, d)) for key in jax.random.split(jax.random.key(0), 5))
+        kw = dict(memory="linear", aggregation=cfg["aggregation"], segmentation=cfg["segmentation"],
+                  segment_size=cfg["C"], init=cfg["init"], impl=cfg["impl"])
+        loss = lambda q, k, v, u: jnp.sum(memory_caching(q, k, v, u=u, **kw) * ct)
+        start = time.perf_counter()
+        compiled = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3))).lower(q, k, v, u).compile()
+        mem, hlo = memory_bytes(compiled), HloCost(compiled.as_text())
+        row = dict(cfg, compile_s=time.perf_counter() - start, peak_mib=mem["peak_bytes"] / 2**20,
+                   temp_mib=mem["temp_bytes"] / 2**20, gflops=hlo.cost().flops / 1e9,
+                   largest=[(nbytes / 2**20, shape) for nbytes, shape, _ in hlo.largest_buffers(4)])
+        if cfg["repeats"]:  # --memory-repeats: also time it (wall and this process's CPU time, median)
+            jax.block_until_ready(compiled(q, k, v, u))
+            wall, cpu = [], []
+            for _ in range(cfg["repeats"]):
+                w, c = time.perf_counter(), time.process_time()
+                jax.block_until_ready(compiled(q, k, v, u))
+                wall.append(1e3 * (time.perf_counter() - w))
+                cpu.append(1e3 * (time.process_time() - c))
+            row.update(fwd_bwd_ms=statistics.median(wall), fwd_bwd_cpu_ms=statistics.median(cpu))
         print("ROW " + json.dumps(row), flush=True)
 
 
@@ -182,6 +222,41 @@ def print_training(old: list[dict], new: list[dict]) -> None:
               f"{o['fwd_bwd_ms'] / r['fwd_bwd_ms']:.2f} | {(r['fwd_bwd_ms'] - r['fwd_ms']) / r['fwd_ms']:.2f} |")
 
 
+def memory_configs(args, impl: str) -> list[dict]:
+    return [dict(B=1, H=4, D=64, T=t, C=64, aggregation="grm", segmentation="log", init=i, impl=impl,
+                 repeats=args.memory_repeats) for i in ("independent", "checkpoint") for t in args.memory_lengths]
+
+
+def print_memory(old: list[dict], new: list[dict]) -> dict:
+    """Part 5's table; returns the growth of the new memory and FLOPs per init (ratio per doubling, exponent)."""
+    key = lambda r: (r["init"], r["T"])
+    before = {key(r): r for r in old}
+    print("\n| init | T | old f+b MiB | new f+b MiB | old x per doubling | new x per doubling | old GFLOP executed "
+          "| new GFLOP executed | old f+b ms | new f+b ms | new largest buffers (MiB) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    out, fmt = {}, lambda x: "-" if x is None else f"{x:.2f}"
+    get = lambda row, name, f=".1f": "-" if row is None or name not in row else format(row[name], f)
+    for init in ("independent", "checkpoint"):
+        rs = sorted((r for r in new if r["init"] == init), key=lambda r: r["T"])
+        for prev, r in zip([None] + rs[:-1], rs):
+            o, po = before.get(key(r)), prev and before.get(key(prev))
+            ratio = lambda a, b: None if a is None or b is None else a["peak_mib"] / b["peak_mib"]
+            big = ", ".join(f"{size:.0f} {shape}" for size, shape in r["largest"][:2])
+            print(f"| {init} | {r['T']} | {get(o, 'peak_mib')} | {r['peak_mib']:.1f} | {fmt(ratio(o, po))} "
+                  f"| {fmt(ratio(r, prev))} | {get(o, 'gflops')} | {r['gflops']:.1f} | {get(o, 'fwd_bwd_ms', '.0f')} "
+                  f"| {get(r, 'fwd_bwd_ms', '.0f')} | {big} |")
+        long = [r for r in rs if r["T"] >= 4096]
+        slope = lambda key_: (math.log(long[-1][key_] / long[0][key_]) / math.log(long[-1]["T"] / long[0]["T"])
+                              if len(long) >= 2 and key_ in long[0] else None)
+        out[init] = dict(memory_exponent=slope("peak_mib"), flops_exponent=slope("gflops"),
+                         time_exponent=slope("fwd_bwd_ms"), cpu_time_exponent=slope("fwd_bwd_cpu_ms"),
+                         ratios=[b["peak_mib"] / a["peak_mib"] for a, b in zip(rs, rs[1:])])
+        print(f"  {init}: T >= 4096 exponents: memory {fmt(out[init]['memory_exponent'])}, executed FLOPs "
+              f"{fmt(out[init]['flops_exponent'])}, f+b time {fmt(out[init]['time_exponent'])} "
+              f"(CPU time {fmt(out[init]['cpu_time_exponent'])})")
+    return out
+
+
 def print_growth(rows: list[dict]) -> dict:
     out = {}
     print("\n| agg | " + " | ".join(f"T={r['T']} f+b ms" for r in rows if r["aggregation"] == "residual") +
@@ -209,15 +284,20 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--timeout", type=float, default=1200.0, help="seconds per child process")
+    p.add_argument("--memory-lengths", nargs="+", type=int, default=[2048, 4096, 8192, 16384])
+    p.add_argument("--memory-only", action="store_true", help="run part 5 (log segmentation's memory) alone")
+    p.add_argument("--memory-repeats", type=int, default=0, help="part 5: also time each row (median of this many)")
     p.add_argument("--skip-old", action="store_true", help="time this checkout only")
     p.add_argument("--quick", action="store_true", help="smoke run: tiny shapes, one repeat")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = p.parse_args(argv)
+    if args.memory_only and args.out == DEFAULT_OUT:
+        args.out = MEMORY_OUT
     if args.quick:
         args.lengths, args.segment_sizes, args.growth_lengths = [256], [64], [256, 512]
         args.deep_lengths, args.deep_memories = [256], ["titans"]
         args.decode_contexts, args.repeats, args.batch = [256, 512], 1, 1
-        args.flop_lengths = [256]
+        args.flop_lengths, args.memory_lengths = [256], [256, 512]
     return args
 
 
@@ -228,6 +308,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
     result = {"command": " ".join(sys.argv), "old_rev": args.old_rev}
+    if args.memory_only:
+        return _write(args, dict(result, **run_memory(args)), started)
     configs = training_configs(args)
     new = run_version(ROOT, "auto", configs, args.repeats, args.timeout)
     old = []
@@ -251,6 +333,22 @@ def main(argv=None) -> int:
                                     ("auto", "auto"))}
         print_flops(flops)
         result.update(useful_flops=flops)
+    result.update(run_memory(args))
+    return _write(args, result, started)
+
+
+def run_memory(args) -> dict:
+    """Part 5 for ``--old-rev`` (unless ``--skip-old``) and this checkout."""
+    new = run_version(ROOT, "memory", memory_configs(args, "auto"), 1, args.timeout)
+    old = []
+    if not args.skip_old:
+        with tempfile.TemporaryDirectory(prefix="mc_jax_old_") as tmp:
+            old = run_version(extract(args.old_rev, Path(tmp)), "memory", memory_configs(args, "xla"), 1,
+                              args.timeout)
+    return dict(log_memory_old=old, log_memory_new=new, log_memory_growth=print_memory(old, new))
+
+
+def _write(args, result: dict, started: float) -> int:
     result["wall_s"] = time.perf_counter() - started
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))

@@ -229,12 +229,40 @@ class HloCost:
 
     def largest_buffer(self) -> tuple[int, str, str]:
         """``(bytes, shape text, instruction)`` of the largest array produced outside fusion bodies."""
-        best = (0, "", "")
-        for dtype, text, dims, name in self._materialised():
-            nbytes = _elements(dims) * _BYTES[dtype]
-            if nbytes > best[0]:
-                best = (nbytes, f"{dtype}[{text}]", name)
-        return best
+        return (self.largest_buffers(1) or [(0, "", "")])[0]
+
+    def largest_buffers(self, count: int) -> list[tuple[int, str, str]]:
+        """The ``count`` largest arrays produced outside fusion bodies, ``(bytes, shape text, instruction)``,
+        largest first."""
+        found = [(_elements(dims) * _BYTES[dtype], f"{dtype}[{text}]", name)
+                 for dtype, text, dims, name in self._materialised()]
+        return sorted(found, key=lambda x: -x[0])[:count]
+
+    def loops(self) -> list[dict]:
+        """Every ``while`` loop: ``trips`` (``known_trip_count``), the FLOPs and dot FLOPs of one body, and the shape
+        of its carried tuple."""
+        out = []
+        for comp in self.comps.values():
+            for ins in comp.instrs:
+                if ins.opcode == "while":
+                    body = self.cost(_attr_comp(ins.attrs, "body"))
+                    out.append(dict(trips=_trip_count(ins.attrs), body_flops=body.flops, body_dot_flops=body.dot_flops,
+                                    carried=ins.type_text))
+        return out
+
+    def copies(self) -> tuple[int, int]:
+        """``(count, bytes)`` of the copies and transposes outside fusion bodies (plain, or fusions XLA named after
+        them): layout changes, no arithmetic."""
+        count = nbytes = 0
+        for comp in self.comps.values():
+            if comp.name in self.fused:
+                continue
+            for ins in comp.instrs:
+                named = ins.opcode == "fusion" and ("copy" in ins.name or "transpose" in ins.name)
+                shape = _shape_of(ins.type_text)
+                if shape and (ins.opcode in ("copy", "transpose") or named):
+                    count, nbytes = count + 1, nbytes + _elements(shape[1]) * _BYTES[shape[0]]
+        return count, nbytes
 
     def square_arrays(self, t: int, heads: int) -> list[str]:
         """Materialised arrays at least as large as one ``T x T`` array per head (``>= heads * t * t`` elements).

@@ -4,11 +4,10 @@ A stage's implementation at trace time is the first *enabled* entry whose ``appl
 the stage's arguments and decides on static facts: shapes, settings); the XLA entry always applies. Entries of
 ``state_pass`` take ``(spec, k, v, gates, state, chunk, valid)``;
 entries of ``read_dense`` ``(spec, what, stack, gamma, available, x, *, block, segment_size, aggregation, top_k)``;
-entries of ``read_blocked`` ``(spec, what, stacks, gamma, available, x, *, aggregation)``; entries of ``read_tokens``
-``(spec, q, k, v, gates, init_state, gamma, *, segmentation, segment_size, init, aggregation)``; entries of
-``weights_read`` ``(spec, cached, keys, u, q, y_online, online_layer, *, size, aggregation, top_k, stages,
-read_tokens)`` (see
-:class:`mc_jax.ops.stages.Stages`).
+entries of ``read_blocked`` ``(spec, what, stacks, gamma, available, x, *, size, aggregation)``; entries of
+``read_tokens`` ``(spec, q, k, v, gates, init_state, gamma, *, segmentation, segment_size, init, aggregation)``;
+entries of ``weights_read`` ``(spec, cached, keys, u, q, y_online, online_layer, *, size, aggregation, top_k,
+stages, read_tokens)`` (see :class:`mc_jax.ops.stages.Stages`).
 
 To add an algorithm: write it as a pure function (math in ``mc_jax.ops``, a kernel in ``mc_jax.kernels``), add an
 :class:`Implementation` to the stage's tuple in :data:`TABLE` before the XLA entry, and enable it by name in
@@ -143,12 +142,12 @@ def _causal_applies(spec, what, stack, gamma, available, x, *, block, segment_si
     return _causal_block(stack, x, segment_size) < x.shape[1]
 
 
-def blocked_residual(spec, what, stacks, gamma, available, x, *, aggregation):
-    """Residual over log segmentation's per-block slots of linear memories: one read per token."""
-    return reads_causal.residual_blocked_read(stacks, available, x)
+def blocked_residual(spec, what, stacks, gamma, available, x, *, size, aggregation):
+    """Residual over log segmentation's per-level memories of linear memories: one read per token."""
+    return reads_causal.residual_blocked_read(stacks, x, size)
 
 
-def _blocked_residual_applies(spec, what, stacks, gamma, available, x, *, aggregation) -> bool:
+def _blocked_residual_applies(spec, what, stacks, gamma, available, x, *, size, aggregation) -> bool:
     return aggregation == "residual" and spec.family is LINEAR
 
 

@@ -6,7 +6,8 @@ read-outs. The maps and their einsums belong to the memory's family (:mod:`mc_ja
 layouts:
   * dense: one stack ``[b, m, h, ...]`` shared by every token (constant segmentation), read in query blocks under
     ``jax.checkpoint`` so that at most ``block x m x out`` values per head are alive at a time (forward and backward);
-  * per block: one stack per block of tokens ``[b, nb, m, h, ...]`` (log segmentation: one slot per level).
+  * per level: log segmentation's memories, one stack ``[b, g, h, ...]`` per level, memory ``j`` read by the tokens
+    of the odd half of the ``j``-th pair of that level's groups (:func:`mc_jax.ops.segmentation.odd_runs`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from mc_jax.ops.memories import MemorySpec
+from mc_jax.ops.segmentation import from_odd_runs, odd_runs
 from mc_jax.typing import Array, Bool, Float, PyTree
 
 
@@ -56,22 +58,28 @@ def dense_mix(
 def blocked_mix(
     spec: MemorySpec,
     what: str,
-    stacks: PyTree,
+    stacks: list[PyTree],
     gamma: Float[Array, "b t h m"],
     x: Float[Array, "b t h i"],
-    available: Bool[Array, "b t h m"] | None = None,
+    size: int,
 ) -> Float[Array, "b t h o"]:
-    """``sum_m gamma[t, m] map_{m, block(t)}(x_t)`` with a stack per block (leaves ``[b, nb, m, h, ...]``)."""
-    b, t, h = x.shape[:3]
-    nb = jax.tree.leaves(stacks)[0].shape[1]
-    block = t // nb
+    """``sum_p gamma[t, p] map_{p, t}(x_t)`` over log segmentation's levels (blocks of ``size`` tokens).
+
+    ``stacks[p]`` (leaves ``[b, read_groups(nb, p), h, ...]``) holds, per pair ``j`` of level-``p`` groups, the memory
+    its odd half reads (:func:`~mc_jax.ops.segmentation.odd_runs`); only those tokens read it, so a token does one
+    read per level present for it and nothing is formed per (token, slot). ``gamma`` is zero where a level is absent.
+    """
+    t = x.shape[1]
     family = spec.family
-    per_block = lambda a: jnp.moveaxis(a.reshape(b, nb, block, h, -1), 2, 3)  # b nb h c *
-    xb, gb = per_block(x), per_block(gamma)
-    ab = None if available is None else per_block(available)
-    out = family.map_residual(what, xb, gb.sum(-1))
-    for slot in range(gb.shape[-1]):
-        stack = jax.tree.map(lambda s: s[:, :, slot], stacks)
-        maps = _select(None if ab is None else ab[..., slot], family.apply_map("blocked", what, stack, xb))
-        out = out + gb[..., slot, None] * maps
-    return jnp.moveaxis(out, 3, 2).reshape(b, t, h, -1)
+    out = family.map_residual(what, x, gamma.sum(-1))
+    for p, stack in enumerate(stacks):
+        span = size << p
+        (xw, xt), (gw, gt) = odd_runs(x, span), odd_runs(gamma[..., p], span)
+        if xw is None and xt is None:  # a single block: no token reads level 0
+            continue
+        whole = 0 if xw is None else xw.shape[1]
+        read = lambda xs, gs, lo, hi: gs[..., None] * family.apply_map(
+            "blocked", what, jax.tree.map(lambda s: s[:, lo:hi], stack), xs)  # b g c h o
+        out = out + from_odd_runs(None if xw is None else read(xw, gw, 0, whole),
+                                  None if xt is None else read(xt, gt, whole, whole + 1), t)
+    return out

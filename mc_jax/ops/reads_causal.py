@@ -11,7 +11,7 @@ and skip the work at the granularity of a query block:
   tokens weight and read only those: ``T * bq * top_k`` state reads, whatever the number of segments ``N``;
 * :func:`residual_prefix_read` (``residual`` over linear memories, constant segmentation) -- ``sum_{i < c} q^T S_i
   = q^T P_c`` with ``P`` the exclusive prefix sum of the stacked states: one read per token;
-  :func:`residual_blocked_read` the same over log segmentation's per-block slots;
+  :func:`residual_blocked_read` the same over log segmentation's per-level memories;
 * :func:`weighted_read` -- the linear read ``y_c = sum_m gamma_cm S_m^T q_c`` with a hand-written VJP that reuses
   the gamma-weighted cotangent (two matmuls backward, where autodiff of a checkpointed read needs three).
 
@@ -26,6 +26,7 @@ import jax.numpy as jnp
 
 from mc_jax.ops.memories import MemorySpec
 from mc_jax.ops.reads import dense_mix
+from mc_jax.ops.segmentation import from_odd_runs
 from mc_jax.typing import Array, Bool, Float, PyTree
 
 
@@ -130,13 +131,25 @@ def residual_prefix_read(stack: Float[Array, "b n h dk dv"], q: Float[Array, "b 
     return jnp.einsum("bnchk,bnhkv->bnchv", qb, prefix).reshape(b, t, h, -1)
 
 
-def residual_blocked_read(stacks: Float[Array, "b nb m h dk dv"], available: Bool[Array, "b t h m"],
-                          q: Float[Array, "b t h dk"]) -> Float[Array, "b t h dv"]:
-    """Residual over per-block stacks (log segmentation, linear memories): sum each block's present slots (a select:
-    absent slots never reach the sum), then one read per token."""
+def residual_blocked_read(stacks: list[Float[Array, "b g h dk dv"]], q: Float[Array, "b t h dk"],
+                          size: int) -> Float[Array, "b t h dv"]:
+    """Residual over log segmentation's per-level stacks (:meth:`~mc_jax.ops.stages.Compressed.level_memories`) of
+    linear memories: per block, the sum of the memories of its present levels (``[b nb h dk dv]``, one memory per
+    block), then one read per token."""
     b, t, h, dk = q.shape
-    nb, m = stacks.shape[1], stacks.shape[2]
-    present = available.reshape(b, nb, t // nb, h, m)[:, :, 0]  # b nb h m (the same for every token of a block)
-    present = jnp.moveaxis(present, 3, 2)[..., None, None]  # b nb m h 1 1
-    summed = jnp.sum(jnp.where(present, stacks, 0.0), axis=2)
-    return jnp.einsum("bnchk,bnhkv->bnchv", q.reshape(b, nb, t // nb, h, dk), summed).reshape(b, t, h, -1)
+    nb = t // size
+    levels = [present_per_block(s, 1 << p, nb) for p, s in enumerate(stacks) if s.shape[1]]  # b nb h dk dv each
+    if not levels:  # a single block: nothing is read
+        return jnp.zeros((b, t, h, stacks[0].shape[-1]), q.dtype)
+    summed = sum(levels[1:], levels[0])
+    return jnp.einsum("bnchk,bnhkv->bnchv", q.reshape(b, nb, size, h, dk), summed).reshape(b, t, h, -1)
+
+
+def present_per_block(stack: Float[Array, "b g h dk dv"], span: int, n_blocks: int) -> Float[Array, "b nb h dk dv"]:
+    """A level's memories (``span = 2^p`` blocks per group) on the blocks that read them (the odd halves of
+    :func:`~mc_jax.ops.segmentation.odd_runs` over blocks), zeros elsewhere."""
+    whole = n_blocks // (2 * span)  # whole odd halves; the stack holds one more memory for a cut last one
+    spread = lambda s, width: jnp.broadcast_to(s[:, :, None], (*s.shape[:2], width, *s.shape[2:]))
+    tail = n_blocks - (2 * whole + 1) * span
+    return from_odd_runs(spread(stack[:, :whole], span) if whole else None,
+                         spread(stack[:, whole:], tail) if tail > 0 else None, n_blocks)

@@ -3,7 +3,7 @@
 compress (per ``init``) -> cached keys and weights (per ``segmentation``) -> aggregation weights -> read (per
 layout, or from the tokens where ``stages.read_tokens`` gives one) -> combine (the last three as one swappable
 stage, ``weights_read``). The sequence is padded with identity
-steps so that every run of every level is whole.
+steps to whole segments / blocks.
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from mc_jax.typing import Array, Float, PyTree
 
 
 def padded_length(t: int, size: int, segmentation: str, init: str) -> tuple[int, int]:
-    """``(length, levels)``: ``t`` rounded up so that every independent run of every level is whole."""
-    levels = num_levels(ceil_div(t, size))
-    span = size * (1 << (levels - 1)) if segmentation == "log" and init == "independent" else size
-    return ceil_div(t, span) * span, levels
+    """``(length, levels)``: ``t`` rounded up to whole blocks (log segmentation compresses only the groups some token
+    reads, all of them whole: no padding to a level's group size)."""
+    del segmentation, init
+    return ceil_div(t, size) * size, num_levels(ceil_div(t, size))
 
 
 def mc_sequence(

@@ -8,8 +8,9 @@
    for the read layout, their pooled keys ``pool(K_i)``, availability and gate logits ``<u_t, pool(K_i)>``; the
    online memory's logit pools its keys up to ``t``. The aggregation turns logits into ``gamma``.
 3. **read** (per layout): ``sum_i gamma_i map_i(x)``: ``dense`` (one stack shared by all tokens; constant) or
-   ``blocked`` (one stack per block of tokens; log). Implementations are swappable (:class:`Stages`); a linear
-   memory's read may instead come from the tokens (``read_tokens``: the segment-gated quadratic form).
+   ``blocked`` (log: one stack per level, each memory read only by the run of tokens where it is present).
+   Implementations are swappable (:class:`Stages`); a linear memory's read may instead come from the tokens
+   (``read_tokens``: the segment-gated quadratic form).
 4. **combine** (:func:`combine`): ``y = gamma_on r_on + sum_i gamma_i r_i``, or soup's parameter mix.
 
 The weights, read and combine stages run as one swappable stage, ``weights_read`` (:func:`xla_weights_read`: the
@@ -30,7 +31,7 @@ from mc_jax.ops import aggregation as agg
 from mc_jax.ops.memories import IDENTITY_GATES, MemorySpec
 from mc_jax.ops.memories.linear import from_chunks, to_chunks
 from mc_jax.ops.reads import blocked_mix, dense_mix
-from mc_jax.ops.segmentation import fenwick_slots
+from mc_jax.ops.segmentation import even_groups, fenwick_slots, read_groups
 from mc_jax.ops.utils import pad_axis
 from mc_jax.typing import Array, Bool, Float, PyTree
 
@@ -58,10 +59,12 @@ def xla_read_tokens(spec: MemorySpec, q, k, v, gates, init_state, gamma, *, segm
     return None
 
 
-def xla_read_blocked(spec: MemorySpec, what: str, stacks: PyTree, gamma, available, x, *, aggregation: str):
-    """Blocked read in XLA (:func:`mc_jax.ops.reads.blocked_mix`); ``aggregation`` is for other implementations."""
-    del aggregation
-    return blocked_mix(spec, what, stacks, gamma, x, available)
+def xla_read_blocked(spec: MemorySpec, what: str, stacks: list, gamma, available, x, *, size: int, aggregation: str):
+    """Per-level read in XLA (:func:`mc_jax.ops.reads.blocked_mix`: a level's memories are read only by the tokens
+    where it is present, so ``available`` is structural); ``available``, ``aggregation`` are for other
+    implementations."""
+    del available, aggregation
+    return blocked_mix(spec, what, stacks, gamma, x, size)
 
 
 def xla_weights_read(spec: MemorySpec, cached: Cached, keys: Keys, u, q, y_online, online_layer, *, size: int,
@@ -84,7 +87,8 @@ class Stages(NamedTuple):
 
     ``state_pass(spec, k, v, gates, state, chunk, valid) -> (chunk_data, final)`` (:func:`xla_state_pass`);
     ``read_dense(spec, what, stack, gamma, available, x, *, block, segment_size, aggregation, top_k)``;
-    ``read_blocked(spec, what, stacks, gamma, available, x, *, aggregation)``;
+    ``read_blocked(spec, what, stacks, gamma, available, x, *, size, aggregation)`` (``stacks``: per level, see
+    :meth:`Compressed.level_memories`);
     ``read_tokens(spec, q, k, v, gates, init_state, gamma, *, segmentation, segment_size, init, aggregation)``: the
     cached read from the tokens instead of the states (a linear memory's quadratic form), or ``None`` to read the
     states (:func:`xla_read_tokens`);
@@ -132,7 +136,8 @@ class Compressed(NamedTuple):
     """Output of the compress stage.
 
     ``online``: chunk data of the online memory over runs of ``run`` tokens (``[b * length / run, ...]``);
-    ``finals``: independent: per level ``p`` the readable memory of every group, leaves ``[b, n_p, h, ...]``;
+    ``finals``: independent: the readable memory of every block (level 0, leaves ``[b, n, h, ...]``), then per
+    level ``p > 0`` of the even groups ``2j`` some token reads (leaves ``[b, read_groups(n, p), h, ...]``);
     ``boundaries``: checkpoint: the readable state after every ``chunk`` tokens, leaves ``[b, length/chunk + 1, ...]``.
     """
 
@@ -148,26 +153,34 @@ class Compressed(NamedTuple):
             return self.finals[0]
         return jax.tree.map(lambda s: s[:, self.per_block::self.per_block], self.boundaries)  # after segment i
 
-    def log_memories(self, slots) -> PyTree:
-        """The memory in slot ``p`` of every block (:class:`~mc_jax.ops.segmentation.FenwickSlots`),
-        ``[b nb m h ...]``."""
-        if self.finals is not None:
-            stacks = [jax.tree.map(lambda s: s[:, slots.group[:, p]], f) for p, f in enumerate(self.finals)]
-            return jax.tree.map(lambda *s: jnp.stack(s, axis=2), *stacks)
-        return jax.tree.map(lambda s: s[:, slots.end * self.per_block], self.boundaries)
+    def level_memories(self, n_blocks: int, levels: int) -> list[PyTree]:
+        """Per level ``p``: for every pair ``j`` of level-``p`` groups with a reader the memory its odd half reads
+        (:func:`~mc_jax.ops.segmentation.odd_runs`), group ``2j`` (blocks ``[2j 2^p, (2j + 1) 2^p)``); leaves
+        ``[b, read_groups(n_blocks, p), h, ...]``."""
+        if self.finals is not None:  # the independent runs of the even groups that are read
+            level0 = jax.tree.map(lambda s: s[:, 0:2 * read_groups(n_blocks, 0):2], self.finals[0])
+            return [level0] + self.finals[1:levels]
+        # the running state at block (2j + 1) 2^p
+        step = lambda p: self.per_block << p
+        return [jax.tree.map(lambda s, p=p: s[:, step(p):n_blocks * self.per_block:2 * step(p)], self.boundaries)
+                for p in range(levels)]
 
 
 def compress_independent(spec: MemorySpec, k, v, gates, valid, init_state, *, size: int, levels: int, chunk: int,
                          state_pass: Callable) -> Compressed:
-    """Every group of ``size << p`` tokens (``p < levels``) is an independent run from ``init_state``."""
-    b = k.shape[0]
+    """Every group of ``size << p`` tokens (``p < levels``) is an independent run from ``init_state``: every block
+    (level 0: the online memory's runs too), and at a level ``p > 0`` only the even groups some token reads (group
+    ``2j + 1`` would be read by the blocks with ``c >> p = 2j + 2``, whose bit ``p`` is clear; a group that ends past
+    the sequence has no reader), at most half a pass per level. ``k`` etc. are padded to whole blocks only."""
+    b, n_blocks = k.shape[0], k.shape[1] // size
     level_finals, online = [], None
     for p in range(levels):
-        run = size << p
-        init = broadcast_runs(init_state, k.shape[1] // run)
-        data, finals = state_pass(spec, to_runs(k, run), to_runs(v, run),
-                                  {name: to_runs(g, run) for name, g in gates.items()}, init, chunk,
-                                  to_runs(valid, run))
+        run, groups = size << p, read_groups(n_blocks, p)
+        runs = ((lambda x: to_runs(x, run)) if p == 0
+                else (lambda x, run=run, groups=groups: to_runs(even_groups(x, run, groups), run)))
+        init = broadcast_runs(init_state, runs(valid).shape[0] // b)
+        data, finals = state_pass(spec, runs(k), runs(v), {name: runs(g) for name, g in gates.items()}, init, chunk,
+                                  runs(valid))
         online = data if p == 0 else online
         finals = jax.tree.map(lambda s: s.reshape(b, -1, *s.shape[1:]), finals)
         level_finals.append(spec.family.readable(finals))
@@ -236,7 +249,7 @@ class Cached(NamedTuple):
     """Output of the cached stage: ``memories`` in the read layout, ``available`` and ``logits`` ``[b t h m]``,
     ``pooled`` keys of the dense layout ``[b m h dk]`` (``None`` for blocked; a fused read forms its own logits)."""
 
-    layout: str  # "dense": leaves [b m h ...] shared by all tokens; "blocked": [b nb m h ...] per block
+    layout: str  # "dense": leaves [b m h ...] shared by all tokens; "blocked": per level [b g h ...] (log)
     memories: PyTree
     available: Array
     logits: Array | None
@@ -272,7 +285,7 @@ def cached_log(comp: Compressed, keys: Keys, u, *, size: int, levels: int, pool:
     if u is not None:  # per block, never a [b t h m dk] copy of the pooled keys for every token
         per_block = u.reshape(b, n_blocks, size, h, -1)  # <u_t, pool(K_i)> (agg.logits) of block n's slots m
         logits = jnp.einsum("bnchd,bnmhd->bnchm", per_block, pooled).reshape(b, length, h, levels)
-    return Cached("blocked", comp.log_memories(slots), available, logits)
+    return Cached("blocked", comp.level_memories(n_blocks, levels), available, logits)
 
 
 CACHED = {"constant": cached_constant, "log": cached_log}
@@ -300,7 +313,7 @@ def cached_reader(stages: Stages, spec: MemorySpec, cached: Cached, gamma, *, si
     """``mix(what, x) = sum_i gamma_i map_i(x)`` over the cached memories, through the layout's read stage."""
     if cached.layout == "blocked":
         return lambda what, x: stages.read_blocked(spec, what, cached.memories, gamma, cached.available, x,
-                                                   aggregation=aggregation)
+                                                   size=size, aggregation=aggregation)
     block = dense_block(cached.memories, size, gamma.shape[-1])
     return lambda what, x: stages.read_dense(spec, what, cached.memories, gamma, cached.available, x, block=block,
                                              segment_size=size, aggregation=aggregation, top_k=top_k)

@@ -1,9 +1,10 @@
 """The visible-state reads of ``mc_jax.ops.reads_causal`` against the dense read with weights computed up front.
 
 The reference is the dense path of the parallel form (``agg.weights`` over every token x segment, then
-``reads.dense_mix`` / ``reads.blocked_mix``), itself tested against the per-token definition. Shapes are chosen so
-that there are several query blocks (the triangular loop), blocks that see nothing, a ragged diagonal, and ssc
-blocks that gather fewer states than exist. Outputs and gradients of every input, float64 and float32.
+``reads.dense_mix``), itself tested against the per-token definition (log segmentation's per-level reads:
+``test_log_levels``). Shapes are chosen so that there are several query blocks (the triangular loop), blocks that
+see nothing, a ragged diagonal, and ssc blocks that gather fewer states than exist. Outputs and gradients of every
+input, float64 and float32.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import pytest
 
 from mc_jax.ops import aggregation as agg
 from mc_jax.ops.memories import get_memory
-from mc_jax.ops.reads import blocked_mix, dense_mix
-from mc_jax.ops.reads_causal import causal_read, residual_blocked_read, residual_prefix_read, sparse_read, weighted_read
+from mc_jax.ops.reads import dense_mix
+from mc_jax.ops.reads_causal import causal_read, residual_prefix_read, sparse_read, weighted_read
 from tests.helpers.tolerances import assert_close, check_read
 
 B, H, DK, DV, F = 2, 2, 4, 3, 5
@@ -99,25 +100,6 @@ def test_residual_prefix_read(x64):
     fast = lambda a: (residual_prefix_read(a["stack"], a["x"], SIZE),)
     reference = lambda a: _reference(spec, "read", "residual", None, a)[:1]
     check_read(fast, reference, a, "float64")
-
-
-def test_residual_blocked_read(x64):
-    """Log segmentation: per-block stacks with absent slots (which hold a non-finite value that must not leak)."""
-    spec = get_memory("linear")
-    keys = jax.random.split(jax.random.key(4), 2)
-    nb, m, c = 5, 3, 2
-    stacks = jax.random.normal(keys[0], (B, nb, m, H, DK, DV))
-    x = jax.random.normal(keys[1], (B, nb * c, H, DK))
-    present = (jnp.arange(nb)[:, None] >> jnp.arange(m)[None, :]) & 1 == 1
-    gamma = jnp.broadcast_to(jnp.repeat(present, c, 0)[None, :, None].astype(x.dtype), (B, nb * c, H, m))
-    available = gamma > 0
-    expected = blocked_mix(spec, "read", stacks, gamma, x)
-    poisoned = jnp.where(present[None, :, :, None, None, None], stacks, jnp.inf)
-    assert_close(residual_blocked_read(poisoned, available, x), expected, "float64", "y")
-    grads = jax.grad(lambda s, x: jnp.sum(residual_blocked_read(s, available, x) ** 2), (0, 1))(stacks, x)
-    grads_ref = jax.grad(lambda s, x: jnp.sum(blocked_mix(spec, "read", s, gamma, x) ** 2), (0, 1))(stacks, x)
-    for g, e in zip(grads, grads_ref):
-        assert_close(g, e, "float64", "grad")
 
 
 def test_weighted_read_vjp(x64):

@@ -6,7 +6,8 @@ input: ``read`` (the full read-out ``M(x)``) and, for the deep family, its two l
 ``W1`` (``f -> d``), which soup mixes one layer at a time. Each map has an einsum per read layout:
 
 * ``dense``: one stack ``[b, h, m, ...]`` shared by a block of tokens ``x [b, h, c, i]`` -> ``[b, h, c, m, o]``;
-* ``blocked``: one memory per block of tokens, stack ``[b, n, h, ...]``, ``x [b, n, h, c, i]`` -> ``[b, n, h, c, o]``.
+* ``blocked``: one memory per run of tokens, stack ``[b, n, h, ...]``, ``x [b, n, c, h, i]`` -> ``[b, n, c, h, o]``
+  (token-major, as the runs are cut from ``[b, t, h, i]``).
 
 Every family-specific decision of :mod:`mc_jax.ops` is a method or attribute here; nothing else compares names.
 """
@@ -33,7 +34,7 @@ class LinearFamily:
     soup_layers: tuple[str, ...] = ()  # soup reads like grm: the read is linear in the state
     einsums = {
         "dense": {"read": "bhck,bhmkv->bhcmv"},
-        "blocked": {"read": "bnhck,bnhkv->bnhcv"},
+        "blocked": {"read": "bnchk,bnhkv->bnchv"},
     }
 
     def default_gates(self, shape: tuple[int, int, int]) -> dict[str, Array]:
@@ -94,7 +95,7 @@ class DeepFamily:
     soup_layers: tuple[str, ...] = ("W2", "W1")
     einsums = {
         "dense": {"W2": "bhcd,bhmfd->bhcmf", "W1": "bhcf,bhmdf->bhcmd", "W1_of_hidden": "bhcmf,bhmdf->bhcmd"},
-        "blocked": {"W2": "bnhcd,bnhfd->bnhcf", "W1": "bnhcf,bnhdf->bnhcd", "W1_of_hidden": "bnhcf,bnhdf->bnhcd"},
+        "blocked": {"W2": "bnchd,bnhfd->bnchf", "W1": "bnchf,bnhdf->bnchd", "W1_of_hidden": "bnchf,bnhdf->bnchd"},
     }
 
     def default_gates(self, shape: tuple[int, int, int]) -> dict[str, Array]:
