@@ -111,8 +111,31 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
+def resumable(rdir: Path, config) -> bool:
+    """Whether ``rdir`` holds an unfinished run of ``config`` with a committed checkpoint (a job stopped by SIGTERM
+    or a crash): the job continues it instead of starting again. A run of another config is not resumable."""
+    from mc_jax.train.checkpoint import Checkpointer, CheckpointError, read_run_file
+    from mc_jax.train.config import RESUMABLE_CHANGES, config_diff
+    from mc_jax.train.loop import holds_run, read_final
+
+    if not (rdir.is_dir() and holds_run(rdir)) or read_final(rdir) is not None:
+        return False
+    stored = read_run_file(rdir)
+    if stored is None or config_diff(stored, config, ignore=RESUMABLE_CHANGES):
+        return False
+    try:
+        checkpoints = Checkpointer(rdir, read_only=True)
+    except CheckpointError:
+        return False
+    try:
+        return checkpoints.latest_step() is not None
+    finally:
+        checkpoints.close()
+
+
 def run_job(job: Job, out: str | Path) -> dict[str, Any]:
-    """Train and evaluate ``job`` (skipped when its JSON exists); returns the JSON's content."""
+    """Train and evaluate ``job`` (skipped when its JSON exists; an unfinished run of it with a committed checkpoint
+    is continued, :func:`resumable`, anything else in its run directory is replaced); returns the JSON's content."""
     from mc_jax.experiments import evaluation
     from mc_jax.train import load_run_config, train
     from mc_jax.train.config import config_to_dict
@@ -130,8 +153,10 @@ def run_job(job: Job, out: str | Path) -> dict[str, Any]:
         record.update(evaluation.post_training(source_dir(out, job), job, config))
     else:
         rdir = run_dir(out, job)
-        init_from = None if job.source is None else source_dir(out, job)
-        result = train(config, rdir, overwrite=rdir.exists(), progress=False, init_from=init_from)
+        resume = resumable(rdir, config)  # the checkpoint holds the fine-tune's state: no init_from then
+        init_from = None if job.source is None or resume else source_dir(out, job)
+        result = train(config, rdir, resume=resume, overwrite=rdir.exists() and not resume, progress=False,
+                       init_from=init_from)
         if job.source is not None:
             record["source"] = job.source
         record.update({"accuracy": result.final_eval.get("accuracy"), "eval": result.final_eval,

@@ -3,6 +3,7 @@ thresholds), a second call skips the finished jobs, and post-training MC loads a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import jax
@@ -40,6 +41,31 @@ def test_quick_experiment_writes_jobs_tables_plots_and_resumes(tmp_path):
     lines = []
     run_experiment("e5", quick=True, out=out, results=results, log=lines.append)
     assert not any("to run" in line for line in lines)
+
+
+def test_a_stopped_job_continues_from_its_checkpoint(tmp_path):
+    """A job stopped after a checkpoint (SIGTERM, a crash: no final.json, no job JSON) continues from it when the
+    suite runs again; a run of another config in its directory is replaced."""
+    import shutil
+
+    from mc_jax.experiments.definitions import _quick_train
+    from mc_jax.experiments.jobs import job_file, run_dir, run_job
+
+    job = Job("e5", "g", None, _quick_train(8) + ("train.ckpt_every=4",) + ("train.task.num_kv_pairs=8",
+              "train.task.seq_len=16"), 0, lr=1e-3, evaluate="final")
+    first = run_job(job, tmp_path)
+    rdir = run_dir(tmp_path, job)
+    for done in (job_file(tmp_path, job), rdir / "final.json", rdir / "checkpoints" / "8"):  # stopped after step 4
+        shutil.rmtree(done) if done.is_dir() else done.unlink()
+    again = run_job(job, tmp_path)
+    sessions = json.loads((rdir / "run.json").read_text())["sessions"]
+    assert len(sessions) == 2  # continued (an overwrite starts run.json again), and exactly: same accuracy
+    assert again["accuracy"] == pytest.approx(first["accuracy"], abs=1e-6)
+    job_file(tmp_path, job).unlink()
+    (rdir / "final.json").unlink()
+    changed = dataclasses.replace(job, overrides=job.overrides + ("train.weight_decay=0.5",))
+    run_job(changed, tmp_path)
+    assert len(json.loads((rdir / "run.json").read_text())["sessions"]) == 1  # replaced, not continued
 
 
 def test_cli_refuses_unknown_names_and_bad_jobs(capsys):
