@@ -23,7 +23,7 @@ COVER = [(m, a, LAYOUTS[(i + j) % 4]) for i, m in enumerate(MEMORY_NAMES) for j,
 # gradients: every memory, aggregation, segmentation and init at least once (the naive gradients are slow)
 GRADS = [("linear", "grm", LAYOUTS[0]), ("linear", "residual", LAYOUTS[2]), ("gated_linear", "ssc", LAYOUTS[1]),
          ("delta", "residual", LAYOUTS[0]), ("dla", "soup", LAYOUTS[0]), ("titans", "ssc", LAYOUTS[0]),
-         ("titans", "grm", LAYOUTS[3])]
+         ("titans", "grm", LAYOUTS[3]), ("gated_linear", "residual", LAYOUTS[1])]  # the prefix read, checkpoint
 ids = lambda c: f"{c[0]}-{c[1]}-{c[2][0]}-{c[2][1]}"
 
 

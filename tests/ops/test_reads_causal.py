@@ -94,12 +94,35 @@ def test_float32():
     check_read(lambda a: _sparse(spec, "read", 1, a, 2), lambda a: _reference(spec, "read", "ssc", 1, a), a, "float32")
 
 
-def test_residual_prefix_read(x64):
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("segments", [N, N - 1])  # the associative scan's even and odd lengths
+def test_residual_prefix_read(x64, dtype, segments):
     spec = get_memory("linear")
-    a = _inputs("linear", jnp.float64, seed=3)
+    a = _inputs("linear", jnp.dtype(dtype), seed=3)
+    a["stack"], a["x"] = a["stack"][:, :segments], a["x"][:, : segments * SIZE]
+    def reference(a):
+        gamma, available = _residual_weights(a)
+        return (dense_mix(spec, "read", a["stack"], gamma, a["x"], SIZE, available),)
+
     fast = lambda a: (residual_prefix_read(a["stack"], a["x"], SIZE),)
-    reference = lambda a: _reference(spec, "read", "residual", None, a)[:1]
-    check_read(fast, reference, a, "float64")
+    check_read(fast, reference, a, dtype)
+
+
+def _residual_weights(a):
+    """``(gamma, available)`` of residual over the stack and tokens of ``a`` (any number of segments)."""
+    n, t = a["stack"].shape[1], a["x"].shape[1]
+    available = jnp.broadcast_to((jnp.arange(n)[None, :] < (jnp.arange(t) // SIZE)[:, None])[None, :, None],
+                                 (B, t, H, n))
+    return agg.weights("residual", None, a["on"][:, :t], available, None)[0], available
+
+
+def test_residual_prefix_read_non_finite_state_does_not_leak(x64):
+    """A non-finite state reaches only the tokens of the segments after it (the scan adds, never multiplies by 0)."""
+    a = _inputs("linear", jnp.float64, seed=7)
+    stack = a["stack"].at[:, N - 3].set(jnp.inf)  # read by the last two segments only
+    y = np.asarray(residual_prefix_read(stack, a["x"], SIZE))
+    assert np.isfinite(y[:, : (N - 2) * SIZE]).all()
+    assert not np.isfinite(y[:, (N - 2) * SIZE:]).all()
 
 
 def test_weighted_read_vjp(x64):
