@@ -39,4 +39,4 @@ def test_data_parallel_replicates_and_tensor_parallel_splits():
 def test_cli_prints_the_table(capsys):
     assert main(["paper_760m", "--devices", "8"]) == 0
     out = capsys.readouterr().out
-    assert "paper_760m" in out and "1,8,1" in out and "921,664,128" in out
+    assert "paper_760m" in out and "1,8,1" in out and "921,700,992" in out
