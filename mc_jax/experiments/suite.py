@@ -34,12 +34,13 @@ def run_experiment(name: str, *, quick: bool = False, workers: int = 1, out: str
     out = Path(out or ("runs/experiments_quick" if quick else "runs/experiments")).absolute()
     results = Path(results or (out / "results" if quick else "docs/results")).absolute()
     plan, whole = plan_of(name, quick, extended), EXPERIMENTS[name](quick)
+    partial = len(plan.models) < len(whole.models) or len(plan.after) < len(whole.after)
     log(f"{TITLES[name]}{' (quick)' if quick else ''}: {len(plan.models)} models x {len(plan.seeds)} seeds"
         + (f", lr from {list(plan.lrs)} on a validation seed" if len(plan.lrs) > 1 else f", lr {plan.lrs[0]:g}")
-        + ("" if plan is whole else f" (the budgeted core; {len(whole.models) - len(plan.models)} more models "
+        + ("" if not partial else f" (the budgeted core; {len(whole.models) - len(plan.models)} more models "
                                     "with --extended)"))
     outcomes = _execute(plan, out, workers, log, run)
-    if plan is not whole:  # the report covers every finished job, extended tiers included
+    if partial:  # the report covers every finished job, extended tiers included
         outcomes = _execute(whole, out, workers, log, run=False)
     summary = report.write(name, outcomes, plan.notes, results)
     overview = report.write_overview(results, results.parent / "results.md" if not quick else results / "results.md")
