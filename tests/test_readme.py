@@ -12,7 +12,8 @@
   - ``mc-prepare --corpus shakespeare``: ``--corpus tiny`` (the shipped corpus: the suite uses no network).
 
   ``VAR=value`` prefixes are environment settings: ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` is what the
-  suite's conftest already sets (8 simulated CPU devices), which the test checks. Not run: ``pip install`` (CI does
+  suite's conftest already sets (8 simulated CPU devices), which the test checks; such commands run in a
+  fresh process with that environment, as a shell runs them. Not run: ``pip install`` (CI does
   it), ``python -m pytest`` (this suite) and ``tensorboard`` (a viewer); any other unknown command fails the test.
 * ```` ```sh ```` blocks (multi-host clusters, not runnable here): every ``python train.py`` command in them resolves
   to a valid config (``--print-config``), with the multi-host flags and environment dropped.
@@ -71,6 +72,20 @@ def _split_env(cmd: list[str]) -> tuple[dict[str, str], list[str]]:
     return env, cmd
 
 
+def _run_in_a_fresh_process(env: dict[str, str], cmd: list[str]) -> str:
+    """A ``VAR=value python train.py ...`` command (the multi-device mesh runs) in its own process with that
+    environment, as a shell runs it. In-process, late in a full suite run, XLA aborted while compiling the sharded
+    initialisation (twice, in 2026-12-01's CI runs; never alone), which takes the whole pytest worker down."""
+    import os
+    import subprocess
+
+    full = {**os.environ, **env, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, str(REPO / cmd[1]), *cmd[2:], *TRAIN_SHORT], env=full,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"README command {shlex.join(cmd)!r} exited {proc.returncode}:\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
 def run_command(cmd: list[str]) -> str | None:
     """Run one README command in-process (shortened); returns its stdout, or ``None`` when it is not run here."""
     from mc_jax.data.prepare import main as prepare_main
@@ -85,6 +100,8 @@ def run_command(cmd: list[str]) -> str | None:
         assert jax.device_count() == n, f"the suite simulates {jax.device_count()} devices, the README {n}"
     if cmd[0] in NOT_RUN or cmd[:3] == ["python", "-m", "pytest"]:
         return None
+    if env and cmd[:2] == ["python", "train.py"]:
+        return _run_in_a_fresh_process(env, cmd)
     if cmd[0] == "python" and cmd[1] == "-m":
         name, args = cmd[2], cmd[3:]
     elif cmd[0] == "python":
