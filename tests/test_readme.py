@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
 import runpy
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -76,9 +78,6 @@ def _run_in_a_fresh_process(env: dict[str, str], cmd: list[str]) -> str:
     """A ``VAR=value python train.py ...`` command (the multi-device mesh runs) in its own process with that
     environment, as a shell runs it. In-process, late in a full suite run, XLA aborted while compiling the sharded
     initialisation (twice, in 2026-12-01's CI runs; never alone), which takes the whole pytest worker down."""
-    import os
-    import subprocess
-
     full = {**os.environ, **env, "PYTHONPATH": str(REPO)}
     proc = subprocess.run([sys.executable, str(REPO / cmd[1]), *cmd[2:], *TRAIN_SHORT], env=full,
                           capture_output=True, text=True, timeout=900)

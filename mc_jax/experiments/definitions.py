@@ -236,8 +236,9 @@ def eb(quick: bool) -> Plan:
     if quick:
         designs = {k: v for k, v in designs.items() if k in ("bare", "default_block", "gate_bias2")}
     base = _quick_train() + _kv(8) if quick else ()
-    first = ("bare", "default_block", "gate_bias2")  # tier 0: the question (does the gate stall; does the bias fix it)
-    # the study that set mixer.gate_bias = 2.0: extended only since (its tier 0 decided it; docs/results.md)
+    # the question (does the gate stall; does the bias fix it), which set mixer.gate_bias = 2.0 (docs/results.md):
+    # tier 1, the other designs tier 2; the whole study is extended only since
+    first = ("bare", "default_block", "gate_bias2")
     models = [Job("eb", name, None, base + ov, 0, evaluate="stacked", tier=1 if name in first or quick else 2)
               for name, ov in designs.items()]
     return Plan(models, (0,) if quick else (0, 1, 2), (3e-3,),

@@ -87,7 +87,9 @@ def memory_biases(memory: str, head_dim: int) -> dict[str, float]:
     """
     if memory not in ("dla", "titans"):
         return {}
-    step = _sigmoid(GATES["theta"].bias) * (1.0 - _sigmoid(GATES["eta"].bias) if memory == "titans" else 1.0)
+    step = _sigmoid(GATES["theta"].bias)
+    if memory == "titans":  # with momentum the steady step is theta / (1 - eta): keep DLA's
+        step *= 1.0 - _sigmoid(GATES["eta"].bias)
     return {"theta": _logit(step * min(1.0, DEEP_REFERENCE_DIM / head_dim))}
 
 
