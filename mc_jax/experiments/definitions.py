@@ -62,8 +62,9 @@ def _kv(kv: int) -> tuple[str, ...]:
 def _e1_grid(quick: bool) -> list[tuple[int, int, str, str, tuple[str, ...]]]:
     """(tier, kv, memory, variant, overrides): the budget cuts of E1 as data.
 
-    Tier 0, the primary table: kv = 32, the three linear-cost memories without caching, with grm and with ssc, and
-    attention. Tier 1: their other variants (log segments, residual, checkpoint init) and sliding-window attention.
+    Tier 0, the primary table: kv = 32, linear and swla without caching, with grm and with ssc, and attention.
+    Tier 1: the delta rule's (2.5x the cost of a linear run), the other variants (log segments, residual,
+    checkpoint init) of all three and sliding-window attention.
     Tier 2: the deep memories (4-6x the cost of a linear run) with none / grm / soup only. Tier 3: kv = 64 (twice
     the tokens) with none / grm / ssc of the linear-cost memories and the references.
     """
@@ -71,7 +72,7 @@ def _e1_grid(quick: bool) -> list[tuple[int, int, str, str, tuple[str, ...]]]:
         return [(0, 8, m, v, e1_variants(m)[v]) for m in ("linear", "swla") for v in ("none", "grm")] + [
             (0, 8, "", "attention", E1_REFERENCES["attention"])]
     primary = ("none", "grm", "ssc")
-    grid = [(0 if v in primary else 1, 32, m, v, ov) for m in ("linear", "delta", "swla")
+    grid = [(0 if v in primary and m != "delta" else 1, 32, m, v, ov) for m in ("linear", "delta", "swla")
             for v, ov in e1_variants(m).items()]
     grid += [(0 if name == "attention" else 1, 32, "", name, ov) for name, ov in E1_REFERENCES.items()]
     grid += [(2, 32, m, v, e1_variants(m)[v]) for m in DEEP for v in ("none", "grm", "soup")]
@@ -179,8 +180,7 @@ def e4(quick: bool) -> Plan:
     base = (_quick_train() if quick else ("train.steps=1500",)) + (
         "train.task.kind=text", f"train.task.path={path}", f"train.task.seq_len={64 if quick else 256}",
         "train.task.eval_examples=" + ("8" if quick else "64"))
-    models = [Job("e4", name, "tiny", base + ov, 0, evaluate="lm", extra=(("bucket", 16 if quick else 32),),
-                  tier=1 if name == "attention" and not quick else 0)  # attention: extended (budget cut)
+    models = [Job("e4", name, "tiny", base + ov, 0, evaluate="lm", extra=(("bucket", 16 if quick else 32),))
               for name, ov in (("mc", ()), ("none", ("model.mixer.kind=none",)),
                                ("attention", ("model.mixer.kind=attention",)))]
     corpus = "the Shakespeare corpus" if path else "the shipped tiny corpus (run the prepare command for Shakespeare)"
