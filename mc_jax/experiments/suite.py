@@ -25,16 +25,30 @@ def _execute(plan: Plan, out: Path, workers: int, log, run: bool) -> list:
     return outcomes
 
 
+def _only_seeds(plan: Plan, seeds: tuple[int, ...] | None) -> Plan:
+    """``plan`` with its reported seeds (and post-training jobs) restricted to ``seeds`` (``None``: all of them)."""
+    if seeds is None:
+        return plan
+    unknown = sorted(set(seeds) - set(plan.seeds))
+    if unknown:
+        raise ValueError(f"--seeds {unknown}: not seeds of this experiment (its reported seeds: {list(plan.seeds)})")
+    return dataclasses.replace(plan, seeds=tuple(s for s in plan.seeds if s in seeds))
+
+
 def run_experiment(name: str, *, quick: bool = False, workers: int = 1, out: str | Path | None = None,
-                   results: str | Path | None = None, log=print, run: bool = True, extended: bool = False) -> dict:
-    """Run (or resume) experiment ``name`` (its budgeted core; ``extended``: every tier) and write its report over
-    every finished job of the whole plan; returns the summary. ``run=False``: the report only, nothing is run."""
+                   results: str | Path | None = None, log=print, run: bool = True, extended: bool = False,
+                   seeds: tuple[int, ...] | None = None) -> dict:
+    """Run (or resume) experiment ``name`` (its budgeted core; ``extended``: every tier; ``seeds``: only these of its
+    reported seeds, e.g. the first seed of everything before the others) and write its report over every finished
+    job of the whole plan; returns the summary. ``run=False``: the report only, nothing is run."""
     if name not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {name!r}; choose one of {sorted(EXPERIMENTS)} or 'all'")
     out = Path(out or ("runs/experiments_quick" if quick else "runs/experiments")).absolute()
     results = Path(results or (out / "results" if quick else "docs/results")).absolute()
-    plan, whole = plan_of(name, quick, extended), EXPERIMENTS[name](quick)
-    partial = len(plan.models) < len(whole.models) or len(plan.after) < len(whole.after)
+    whole = EXPERIMENTS[name](quick)
+    plan = _only_seeds(plan_of(name, quick, extended), seeds)
+    partial = (len(plan.models) < len(whole.models) or len(plan.after) < len(whole.after)
+               or len(plan.seeds) < len(whole.seeds))
     log(f"{TITLES[name]}{' (quick)' if quick else ''}: {len(plan.models)} models x {len(plan.seeds)} seeds"
         + (f", lr from {list(plan.lrs)} on a validation seed" if len(plan.lrs) > 1 else f", lr {plan.lrs[0]:g}")
         + ("" if not partial else f" (the budgeted core; {len(whole.models) - len(plan.models)} more models "
@@ -63,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--extended", action="store_true",
                    help="every tier of the grids (default: the budgeted core, tier 0 of each experiment, which fits "
                         "about 2.5 h with --jobs 2 on a 2-core CPU; --estimate shows both)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="run only these of the reported seeds (the learning-rate sweep still runs on its validation "
+                        "seed), e.g. --seeds 0 for one seed of everything first; the report covers every finished "
+                        "job")
     p.add_argument("--verbose", action="store_true", help="with --estimate: every model's runs and cost")
     return p
 
@@ -77,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown experiment {args.name!r}; choose one of {', '.join(EXPERIMENTS)} or 'all'",
               file=sys.stderr)
         return 2
+    if args.seeds is not None and args.estimate:
+        print("error: --seeds runs part of a plan; --estimate prints the whole plan", file=sys.stderr)
+        return 2
     if args.estimate:
         from mc_jax.experiments.budget import estimate
 
@@ -90,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name in names:
             run_experiment(name, quick=args.quick, workers=args.jobs, out=args.out, results=args.results,
-                           run=not args.report_only, extended=args.extended)
+                           run=not args.report_only, extended=args.extended,
+                           seeds=None if args.seeds is None else tuple(args.seeds))
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)

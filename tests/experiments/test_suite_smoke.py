@@ -168,7 +168,7 @@ def test_estimate_counts_the_planned_runs_and_schedules_them():
     assert [sum(r.phase == p for r in runs) for p in ("sweep", "final", "after")] == [3, 6, 0]
     assert {r.job.group for r in runs if r.phase == "sweep"} == {"attention"}
     e1 = budget.planned_runs(plan_of("e1"))  # the core: lr sweep of linear none / grm and attention on seed 100
-    assert [sum(r.phase == p for r in e1) for p in ("sweep", "final", "after")] == [9, 30, 0]
+    assert [sum(r.phase == p for r in e1) for p in ("sweep", "final", "after")] == [9, 21, 0]  # (2 x 3 + 1) x 3
     e3 = budget.planned_runs(EXPERIMENTS["e3"](False))
     assert sum(r.phase == "after" for r in e3) == 3 * 3 * 2  # posttrain, posttrain_ft, base_ft x needles x seeds
     assert sum(r.phase == "after" for r in budget.planned_runs(plan_of("e3"))) == 3 * 2  # the core: passkey
@@ -191,6 +191,17 @@ def test_the_budgeted_core_is_tier_0_and_extended_is_the_whole_plan():
         assert {a.source for a in core.after} <= {m.group for m in core.models}
     assert plan_of("e1s").models == [] and len(plan_of("e1s", extended=True).models) > 0
     assert len(plan_of("e5", quick=True).models) == len(EXPERIMENTS["e5"](True).models)  # --quick: every tier
+
+
+def test_seeds_restrict_the_reported_seeds_and_the_post_training_jobs():
+    from mc_jax.experiments.suite import _only_seeds
+
+    plan = plan_of("e3")
+    one = _only_seeds(plan, (0,))
+    assert one.seeds == (0,) and one.models == plan.models and one.after == plan.after and one.lrs == plan.lrs
+    assert _only_seeds(plan, None) is plan
+    with pytest.raises(ValueError, match="not seeds of this experiment"):
+        _only_seeds(plan, (7,))
 
 
 def test_cli_estimate_prints_the_plan_and_runs_nothing(tmp_path, capsys, monkeypatch):
