@@ -21,6 +21,8 @@ Layouts as in :mod:`mc_jax.ops.reads`: a dense stack has leaves ``[b, n, h, ...]
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 
@@ -31,44 +33,85 @@ from mc_jax.typing import Array, Bool, Float, PyTree
 
 
 # --- the linear read with its own VJP ---------------------------------------------------------------------------
-@jax.custom_vjp
-def weighted_read(q: Float[Array, "b h c k"], gamma: Float[Array, "b h c m"],
-                  states: Float[Array, "b h m k v"]) -> Float[Array, "b h c v"]:
-    """``y[c] = sum_m gamma[c, m] S_m^T q[c]``: one ``[c, k] x [k, m v]`` matmul, then the gamma-weighted sum.
+def _stacked(states: Float[Array, "b h m k v"]) -> Float[Array, "b h mk v"]:
+    """The stack as one ``[m k, v]`` matrix per head (a bitcast: memories and key width stay in this order, so
+    XLA:CPU contracts them without first transposing the stack to ``[k, m]`` order)."""
+    b, h, m, k, v = states.shape
+    return states.reshape(b, h, m * k, v)
 
-    A state with ``gamma = 0`` is dropped by a select, not multiplied by zero, so a non-finite state a token cannot
-    see never reaches it (forward or backward).
-    """
+
+def _weighted_queries(q: Float[Array, "b h c k"], gamma: Float[Array, "b h c m"]) -> Float[Array, "b h c mk"]:
+    b, h, c, k = q.shape
+    return (gamma[..., None] * q[:, :, :, None, :]).reshape(b, h, c, -1)
+
+
+def _full_read(q, gamma, states):
+    """``sum_m gamma[c, m] S_m^T q[c]`` over states every row sees: ``(gamma q) [c, m k]`` against the stack as one
+    ``[c, m k] x [m k, v]`` matmul (memories and key width contracted together; no ``[c, m, v]`` read-out)."""
+    return jnp.einsum("bhcj,bhjv->bhcv", _weighted_queries(q, gamma), _stacked(states))
+
+
+def _masked_read(q, gamma, states):
+    """The same over states some rows may not see: a state with ``gamma = 0`` is dropped by a select."""
     read = jnp.einsum("bhck,bhmkv->bhcmv", q, states)
     return jnp.einsum("bhcmv,bhcm->bhcv", jnp.where((gamma != 0)[..., None], read, 0.0), gamma)
 
 
-def _weighted_read_fwd(q, gamma, states):
-    return weighted_read(q, gamma, states), (q, gamma, states)
+@partial(jax.custom_vjp, nondiff_argnums=(3,))
+def weighted_read(q: Float[Array, "b h c k"], gamma: Float[Array, "b h c m"], states: Float[Array, "b h m k v"],
+                  full: int = 0) -> Float[Array, "b h c v"]:
+    """``y[c] = sum_m gamma[c, m] S_m^T q[c]``.
 
-
-def _weighted_read_bwd(res, dy):
-    """``A = S dy`` ``[c, m, k]`` serves both ``dq = sum_m gamma A`` and ``dgamma = q . A``; ``dS = (gamma q)^T dy``.
-
-    ``dgamma`` is zeroed where ``gamma = 0`` (the select of the forward): such a weight is masked, or a softmax
-    output that underflowed, and in both cases its gradient never reaches the logits.
+    The first ``full`` states are visible to every row (a query block's states before its first token's segment):
+    they are read in one merged matmul (:func:`_full_read`). The others may be invisible to some rows: a state with
+    ``gamma = 0`` is dropped by a select, not multiplied by zero, so a non-finite state a row cannot see never
+    reaches it (forward or backward). The selects are a pass over the ``[c, m, v]`` read-out each (and one over
+    the backward's ``[c, m, k]``), which on XLA:CPU cost about as much as the read's matmul (docs/performance.md).
     """
-    q, gamma, states = res
-    a = jnp.where((gamma != 0)[..., None], jnp.einsum("bhcv,bhmkv->bhcmk", dy, states), 0.0)
+    y = _full_read(q, gamma[..., :full], states[:, :, :full]) if full else 0.0
+    if full < gamma.shape[-1]:
+        y = y + _masked_read(q, gamma[..., full:], states[:, :, full:])
+    return y
+
+
+def _weighted_read_fwd(q, gamma, states, full=0):
+    return weighted_read(q, gamma, states, full), (q, gamma, states)
+
+
+def _read_cotangents(q, gamma, states, dy, masked: bool):
+    b, h, m, k, _ = states.shape
+    a = jnp.einsum("bhcv,bhjv->bhcj", dy, _stacked(states)).reshape(*dy.shape[:3], m, k)  # A = S dy
+    if masked:
+        a = jnp.where((gamma != 0)[..., None], a, 0.0)
     dq = jnp.einsum("bhcm,bhcmk->bhck", gamma, a)
     dgamma = jnp.einsum("bhck,bhcmk->bhcm", q, a)
-    dstates = jnp.einsum("bhcm,bhck,bhcv->bhmkv", gamma, q, dy)
+    dstates = jnp.einsum("bhcj,bhcv->bhjv", _weighted_queries(q, gamma), dy).reshape(states.shape)
     return dq, dgamma, dstates
+
+
+def _weighted_read_bwd(full, res, dy):
+    """``A = S dy`` ``[c, m, k]`` serves both ``dq = sum_m gamma A`` and ``dgamma = q . A``; ``dS = (gamma q)^T dy``.
+
+    Past the ``full`` states ``dgamma`` is zeroed where ``gamma = 0`` (the select of the forward): such a weight is
+    masked, or a softmax output that underflowed, and in both cases its gradient never reaches the logits.
+    """
+    q, gamma, states = res
+    parts = [_read_cotangents(q, gamma[..., lo:hi], states[:, :, lo:hi], dy, masked)
+             for lo, hi, masked in ((0, full, False), (full, gamma.shape[-1], True)) if hi > lo]
+    dq = sum(p[0] for p in parts)
+    return dq, jnp.concatenate([p[1] for p in parts], -1), jnp.concatenate([p[2] for p in parts], 2)
 
 
 weighted_read.defvjp(_weighted_read_fwd, _weighted_read_bwd)
 
 
-def _read_block(spec: MemorySpec, what: str, stack: PyTree, gamma, available, x):
-    """``sum_m gamma[t, m] map_m(x_t)`` for one query block: ``stack`` leaves ``[b, m, h, ...]``, ``x [b, c, h, i]``."""
+def _read_block(spec: MemorySpec, what: str, stack: PyTree, gamma, available, x, full: int = 0):
+    """``sum_m gamma[t, m] map_m(x_t)`` for one query block: ``stack`` leaves ``[b, m, h, ...]``, ``x [b, c, h, i]``;
+    the first ``full`` states are visible to every token of the block (:func:`weighted_read`)."""
     if not spec.family.deep:  # a matrix read (linear, swla)
         heads_first = lambda a: jnp.moveaxis(a, 2, 1)  # b c h ... -> b h c ...
-        y = weighted_read(heads_first(x), heads_first(jnp.where(available, gamma, 0.0)), jnp.moveaxis(stack, 2, 1))
+        y = weighted_read(heads_first(x), heads_first(jnp.where(available, gamma, 0.0)), jnp.moveaxis(stack, 2, 1),
+                          full)
         return jnp.moveaxis(y, 1, 2)
     return dense_mix(spec, what, stack, gamma, x, x.shape[1], available)
 
@@ -81,12 +124,12 @@ def causal_read(spec: MemorySpec, what: str, stack: PyTree, gamma: Float[Array, 
     block: the caller bounds the number of blocks)."""
     t = x.shape[1]
     ys = []
-    read = jax.checkpoint(lambda st, g, a, xb: _read_block(spec, what, st, g, a, xb))
     for start in range(0, t, block):
         stop = start + block
         n = max(1, (stop - 1) // size)  # the first segment sees nothing: one state, all masked
         cut = lambda a, start=start, stop=stop, n=n: a[:, start:stop, :, :n]
         states = jax.tree.map(lambda s, n=n: s[:, :n], stack)
+        read = jax.checkpoint(partial(_read_block, spec, what, full=min(start // size, n)))
         ys.append(read(states, cut(gamma), cut(available), x[:, start:stop]))
     return jnp.concatenate(ys, axis=1)
 

@@ -41,21 +41,21 @@ def _block_logits(u: Float[Array, "b h c k"], pooled: Float[Array, "b h n k"], v
     return jnp.where(visible, jnp.einsum("bhck,bhnk->bhcn", u, pooled), -jnp.inf)
 
 
-def _block_forward(q, u, l_on, y_on, pooled, states, visible):
+def _block_forward(q, u, l_on, y_on, pooled, states, visible, full):
     """``(y [b h c v], lse [b h c])`` of one query block."""
     logits = _block_logits(u, pooled, visible)
     top = jnp.maximum(l_on, logits.max(-1))
     e, e_on = jnp.exp(logits - top[..., None]), jnp.exp(l_on - top)
     z = e_on + e.sum(-1)
-    y = (e_on / z)[..., None] * y_on + weighted_read(q, e / z[..., None], states)
+    y = (e_on / z)[..., None] * y_on + weighted_read(q, e / z[..., None], states, full)
     return y, top + jnp.log(z)
 
 
-def _block_backward(q, u, l_on, y_on, pooled, states, visible, y, lse, dy):
+def _block_backward(q, u, l_on, y_on, pooled, states, visible, full, y, lse, dy):
     """``(dq, du, dl_on, dy_on, dpooled, dstates)`` of one query block from its saved ``y`` and ``lse``."""
     g = jnp.exp(_block_logits(u, pooled, visible) - lse[..., None])  # exactly 0 where invisible
     g_on = jnp.exp(l_on - lse)
-    dq, dg, dstates = _weighted_read_bwd((q, g, states), dy)
+    dq, dg, dstates = _weighted_read_bwd(full, (q, g, states), dy)
     d = jnp.sum(y * dy, -1)
     dl = g * (dg - d[..., None])
     dl_on = g_on * (jnp.sum(y_on * dy, -1) - d)
@@ -78,7 +78,7 @@ def _forward(q, u, l_on, y_on, pooled, states, size, block):
             lses.append(cut(l_on))
             continue
         y, lse = _block_forward(cut(q), cut(u), cut(l_on), cut(y_on), pooled[:, :, :n], states[:, :, :n],
-                                _visible(start, stop, size, n))
+                                _visible(start, stop, size, n), start // size)
         ys.append(y)
         lses.append(lse)
     return jnp.concatenate(ys, axis=2), jnp.concatenate(lses, axis=2)
@@ -106,7 +106,8 @@ def _gated_read_bwd(size, block, res, dy):
             parts = (jnp.zeros_like(cut(q)), jnp.zeros_like(cut(u)), jnp.zeros_like(cut(l_on)), cut(dy))
         else:
             *parts, dp, ds = _block_backward(cut(q), cut(u), cut(l_on), cut(y_on), pooled[:, :, :n], states[:, :, :n],
-                                             _visible(start, stop, size, n), cut(y), cut(lse), cut(dy))
+                                             _visible(start, stop, size, n), start // size, cut(y), cut(lse),
+                                             cut(dy))
             dpooled, dstates = dpooled.at[:, :, :n].add(dp), dstates.at[:, :, :n].add(ds)
         for acc, part in zip(grads, parts):
             acc.append(part)
