@@ -31,9 +31,7 @@ import argparse
 import dataclasses
 import json
 import math
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -43,6 +41,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.bench_ops import machine_info  # noqa: E402
+from benchmarks.timing import jax_call, measure  # noqa: E402
 from mc_jax.ops import init_cache, memory_caching  # noqa: E402
 from mc_jax.ops.cache import mc_stream  # noqa: E402
 from mc_jax.ops.memories import complete_gates, get_memory  # noqa: E402
@@ -87,13 +86,7 @@ def stream_bandwidth(mib: int = 256, repeats: int = 5) -> dict:
     total, copy = jax.jit(jnp.sum), jax.jit(lambda a: a * 1.0001)
 
     def rate(fn, moved):
-        jax.block_until_ready(fn(x))
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            jax.block_until_ready(fn(x))
-            times.append(time.perf_counter() - start)
-        return moved / statistics.median(times) / 1e9
+        return moved / measure(jax_call(fn, x), repeats)["median_s"] / 1e9
 
     return {"read_gbps": rate(total, x.nbytes), "copy_gbps": rate(copy, 2 * x.nbytes), "array_mib": mib}
 
@@ -120,16 +113,14 @@ def kv_floor_bytes(context: int, b: int, h: int, d: int) -> int:
 
 
 def time_steps(step, state, args, steps):
-    """Median seconds of one step; ``state`` is donated and threaded through."""
-    state = step(state, *args)[1]
-    jax.block_until_ready(state)
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        y, state = step(state, *args)
+    """Median seconds of one step; ``state`` is donated and threaded through (each call consumes the last one's)."""
+    carry = [state]
+
+    def one():
+        y, carry[0] = step(carry[0], *args)
         jax.block_until_ready(y)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+
+    return measure(one, steps)["median_s"]
 
 
 def mc_steps(memory, aggregation, segmentation, size, top_k):

@@ -27,7 +27,6 @@ import argparse
 import dataclasses
 import json
 import math
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -40,6 +39,7 @@ if __package__ in (None, ""):
 
 from benchmarks.bench_ops import machine_info  # noqa: E402
 from benchmarks.hlo_cost import memory_bytes  # noqa: E402
+from benchmarks.timing import median_ms  # noqa: E402
 from mc_jax.ops import memory_caching  # noqa: E402
 from mc_jax.ops.memories import get_memory  # noqa: E402
 
@@ -65,16 +65,6 @@ def op_inputs(memory: str, b: int, t: int, h: int, d: int, seed: int = 0) -> dic
     return out
 
 
-def _median_ms(fn, args, repeats: int) -> float:
-    jax.block_until_ready(fn(*args))  # warm-up (compiled already)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
-
-
 def time_op(op, inputs: dict, repeats: int) -> dict:
     """``op(**inputs) -> y``: forward and forward+backward ms, tokens/s and the f+b compile's memory."""
     ct = jax.random.normal(jax.random.key(9), inputs["v"].shape)
@@ -82,7 +72,7 @@ def time_op(op, inputs: dict, repeats: int) -> dict:
     fwd_bwd = jax.jit(jax.value_and_grad(lambda a: jnp.sum(op(**a) * ct)))
     compiled = fwd_bwd.lower(inputs).compile()
     mem = memory_bytes(compiled) or {}
-    row = dict(fwd_ms=_median_ms(fwd, (inputs,), repeats), fwd_bwd_ms=_median_ms(compiled, (inputs,), repeats),
+    row = dict(fwd_ms=median_ms(fwd, inputs, repeats=repeats), fwd_bwd_ms=median_ms(compiled, inputs, repeats=repeats),
                peak_mib=mem.get("peak_bytes", 0) / 2**20, temp_mib=mem.get("temp_bytes", 0) / 2**20)
     b, t = inputs["q"].shape[:2]
     row["tokens_per_s"] = 1e3 * b * t / row["fwd_bwd_ms"]
@@ -104,7 +94,7 @@ def attention_op(q, k, v, u=None, gates=None, params=None):
 def dense_matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
     a = jnp.ones((n, n), jnp.float32)
     f = jax.jit(lambda a: a @ a)
-    return 2 * n**3 / (1e-3 * _median_ms(f, (a,), repeats)) / 1e9
+    return 2 * n**3 / (1e-3 * median_ms(f, a, repeats=repeats)) / 1e9
 
 
 def op_configs(args) -> list[dict]:
@@ -197,7 +187,7 @@ def model_row(preset: str, mixer_kind: str, context: int, batch: int, repeats: i
     step = make_train_step(graphdef, rest, tx, 1)
     tokens = jax.random.randint(jax.random.key(0), (1, batch, context + 1), 0, config.vocab_size)
     batch_ = {"inputs": tokens[..., :-1], "labels": tokens[..., 1:]}
-    ms = _median_ms(lambda p, o, bt: step(p, o, bt)[2]["loss"], (params, opt_state, batch_), repeats)
+    ms = median_ms(lambda p, o, bt: step(p, o, bt)[2]["loss"], params, opt_state, batch_, repeats=repeats)
     return dict(kind="model", preset=preset, mixer=mixer_kind, context=context, B=batch, step_ms=ms,
                 tokens_per_s=1e3 * batch * context / ms)
 

@@ -25,9 +25,7 @@ import argparse
 import itertools
 import json
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -38,6 +36,7 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` and ``mc_j
 
 from benchmarks.bench_ops import make_inputs  # noqa: E402
 from benchmarks.hlo_cost import HloCost, memory_bytes  # noqa: E402
+from benchmarks.timing import median_ms  # noqa: E402
 from mc_jax.kernels import cache_read, chunk_state  # noqa: E402
 from mc_jax.ops import aggregation as agg
 from mc_jax.ops import (
@@ -72,16 +71,6 @@ def _compile(fn, *args):
     except Exception:  # noqa: BLE001 - the counter parses HLO text; a backend may print something it does not know
         flops = None
     return compiled, (None if mem is None else mem["peak_bytes"] / 2**20), flops
-
-
-def _time(fn, *args, reps: int) -> float:
-    jax.block_until_ready(fn(*args))  # warm up
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
 
 
 def _max_rel_err(a, b) -> float:
@@ -225,8 +214,8 @@ def _run(args):
                 pal_c, pal_mib, _ = _compile(pallas, *inputs)
                 err = _max_rel_err(pal_c(*inputs), xla_c(*inputs))  # correctness gate on the same shapes
                 ok = err <= args.rtol
-            xla_ms = _time(xla_c, *inputs, reps=args.reps)
-            pallas_ms = (_time(pal_c, *inputs, reps=1 if on_cpu else args.reps) if ok and pal_c is not None
+            xla_ms = median_ms(xla_c, *inputs, repeats=args.reps)
+            pallas_ms = (median_ms(pal_c, *inputs, repeats=1 if on_cpu else args.reps) if ok and pal_c is not None
                          else float("nan"))
             tflops = None if xla_flops is None else xla_flops / (xla_ms * 1e-3) / 1e12
             best = min(x for x in (xla_ms, pallas_ms) if x == x) if not on_cpu else xla_ms

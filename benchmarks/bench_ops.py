@@ -32,7 +32,6 @@ import math
 import multiprocessing
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -53,6 +52,7 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` and ``mc_j
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.hlo_cost import HloCost, memory_bytes, xla_flops  # noqa: E402
+from benchmarks.timing import jax_call, measure  # noqa: E402
 from mc_jax.ops import memory_caching  # noqa: E402
 from mc_jax.ops.memories import get_memory  # noqa: E402
 from mc_jax.ops.segmentation import num_levels  # noqa: E402
@@ -119,32 +119,13 @@ def _jaxlib_version():
         return None
 
 
-def time_fn(fn, args, repeats: int, cpu_times: list | None = None) -> list[float]:
-    """One warm-up call, then ``repeats`` timed calls (wall seconds), each waited for with ``block_until_ready``.
-
-    ``cpu_times``, when given, receives the process CPU seconds (all threads) of each timed call: on a shared machine
-    ``cpu / wall`` below the core count means the run did not get the whole machine.
-    """
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        cpu = time.process_time()
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-        if cpu_times is not None:
-            cpu_times.append(time.process_time() - cpu)
-    return times
-
-
 def dense_matmul_gflops(n: int = 2048, repeats: int = 10) -> dict:
     """Achieved GFLOP/s of a jit-compiled f32 ``n x n @ n x n`` (median over repeats)."""
     a = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
     b = jax.random.normal(jax.random.key(2), (n, n), jnp.float32)
     f = jax.jit(jnp.matmul).lower(a, b).compile()
-    cpu = []
-    times = time_fn(f, (a, b), repeats, cpu)
-    med = statistics.median(times)
+    timed = measure(jax_call(f, a, b), repeats)
+    times, cpu, med = timed["times_s"], timed["cpu_s"], timed["median_s"]
     return {"n": n, "repeats": repeats, "median_s": med, "gflops": 2.0 * n**3 / med / 1e9,
             "best_gflops": 2.0 * n**3 / min(times) / 1e9, "cpu_per_wall": sum(cpu) / sum(times)}
 
@@ -272,9 +253,8 @@ def run_phase(fn, args, cfg: dict, repeats: int, max_bytes: float, dense: float)
         res["skipped"] = f"estimated memory {mem['peak_bytes'] / 2**30:.2f} GiB > --max-gb {max_bytes / 2**30:.2f}"
         return res
     res["dense_gflops_local"] = dense_matmul_gflops(repeats=3)["gflops"]  # the machine's state right now
-    cpu = []
-    times = time_fn(compiled, args, repeats, cpu)
-    med = statistics.median(times)
+    timed = measure(jax_call(compiled, *args), repeats)
+    times, cpu, med = timed["times_s"], timed["cpu_s"], timed["median_s"]
     res.update(times_s=times, median_s=med, tokens_per_s=cfg["B"] * cfg["T"] / med,
                cpu_per_wall=sum(cpu) / sum(times))
     flops = res.get("flops") or res.get("flops_xla_raw")

@@ -68,14 +68,9 @@ def _worker(code: Path, impl: str, configs: list[dict], repeats: int) -> None:
             cost.quadratic_pays = lambda *args: force
         dense = dense_matmul_gflops(repeats=3)["gflops"]
 
-    def timed(fn, args):
-        jax.block_until_ready(fn(*args))
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            jax.block_until_ready(fn(*args))
-            times.append(time.perf_counter() - start)
-        return 1e3 * statistics.median(times)
+    from benchmarks.timing import median_ms
+
+    timed = lambda fn, args: median_ms(fn, *args, repeats=repeats)
 
     for cfg in configs:
         b, t, h, d = cfg["B"], cfg["T"], cfg["H"], cfg["D"]
@@ -126,14 +121,10 @@ def _memory_rows(memory_caching, configs: list[dict]) -> None:
                    temp_mib=mem["temp_bytes"] / 2**20, gflops=hlo.cost().flops / 1e9,
                    largest=[(nbytes / 2**20, shape) for nbytes, shape, _ in hlo.largest_buffers(4)])
         if cfg["repeats"]:  # --memory-repeats: also time it (wall and this process's CPU time, median)
-            jax.block_until_ready(compiled(q, k, v, u))
-            wall, cpu = [], []
-            for _ in range(cfg["repeats"]):
-                w, c = time.perf_counter(), time.process_time()
-                jax.block_until_ready(compiled(q, k, v, u))
-                wall.append(1e3 * (time.perf_counter() - w))
-                cpu.append(1e3 * (time.process_time() - c))
-            row.update(fwd_bwd_ms=statistics.median(wall), fwd_bwd_cpu_ms=statistics.median(cpu))
+            from benchmarks.timing import jax_call, measure
+
+            timed = measure(jax_call(compiled, q, k, v, u), cfg["repeats"])
+            row.update(fwd_bwd_ms=1e3 * timed["median_s"], fwd_bwd_cpu_ms=1e3 * statistics.median(timed["cpu_s"]))
         print("ROW " + json.dumps(row), flush=True)
 
 

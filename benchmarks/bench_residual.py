@@ -20,15 +20,14 @@ JSON at ``--out`` (default ``benchmarks/results/bench_residual.json``; ``--quick
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make ``benchmarks`` and ``mc_jax`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.bench_ops import machine_info, write_json  # noqa: E402, I001 (sets OPENBLAS_NUM_THREADS first)
+from benchmarks.timing import interleaved  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -62,19 +61,6 @@ def _matmul_prefix(stack):  # the torch reference's form: O(N^2)
 OLD_READ = _read_with(_cumsum_prefix)
 READS = {"cumsum (before)": OLD_READ, "associative scan (now)": reads_causal.residual_prefix_read,
          "triangular matmul": _read_with(_matmul_prefix)}
-
-
-def interleaved(calls: dict, repeats: int) -> dict:
-    """One warm-up of every call, then ``repeats`` rounds calling each in turn; median ms per call."""
-    for call in calls.values():
-        call()
-    times = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, call in calls.items():
-            start = time.perf_counter()
-            call()
-            times[name].append(1e3 * (time.perf_counter() - start))
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def _fwd_bwd(fn, argnums):

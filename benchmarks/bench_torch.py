@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 import traceback
@@ -48,6 +47,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks.timing import measure  # noqa: E402
 from benchmarks.torch_reference import memory_caching_linear  # noqa: E402
 from mc_jax.ops import memory_caching  # noqa: E402
 
@@ -71,19 +71,6 @@ def relative_error(x: np.ndarray, reference: np.ndarray) -> float:
     return float(np.max(np.abs(x - reference))) / (float(np.max(np.abs(reference))) or 1.0)
 
 
-def median_time(call, repeats: int) -> dict:
-    """One warm-up ``call()`` (which waits for its result), then the median wall time of ``repeats`` calls."""
-    start = time.perf_counter()
-    call()
-    warmup = time.perf_counter() - start
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return {"median_s": statistics.median(times), "times_s": times, "warmup_s": warmup}
-
-
 def jax_phases(cfg: dict, x: dict[str, np.ndarray], impl: str, repeats: int) -> tuple[dict, np.ndarray]:
     """Forward and forward+backward of mc_jax under jit; also returns ``[y, dq, dk, dv (, du)]``."""
     grm = cfg["aggregation"] == "grm"
@@ -98,7 +85,7 @@ def jax_phases(cfg: dict, x: dict[str, np.ndarray], impl: str, repeats: int) -> 
         compiled[phase] = jax.jit(fn).lower(*args).compile()
         compile_s = time.perf_counter() - start
         run = lambda: jax.block_until_ready(compiled[phase](*args))
-        result[phase] = {**median_time(run, repeats), "compile_s": compile_s}
+        result[phase] = {**measure(run, repeats), "compile_s": compile_s}
     _, grads = compiled["fwd_bwd"](*args)
     return result, [np.asarray(compiled["fwd"](*args))] + [np.asarray(g) for g in grads]
 
@@ -128,7 +115,7 @@ def torch_phases(cfg: dict, x: dict[str, np.ndarray], repeats: int, compile_: bo
         loss.backward()
         return loss
 
-    result = {"fwd": median_time(forward, repeats), "fwd_bwd": median_time(fwd_bwd, repeats)}
+    result = {"fwd": measure(forward, repeats), "fwd_bwd": measure(fwd_bwd, repeats)}
     fwd_bwd()
     return result, [forward().numpy()] + [a.grad.numpy() for a in args if a.requires_grad]
 

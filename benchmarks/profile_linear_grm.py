@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
@@ -34,8 +33,10 @@ import jax.numpy as jnp
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.bench_ops import dense_matmul_gflops, machine_info, make_inputs, time_fn  # noqa: E402
+from benchmarks.bench_ops import dense_matmul_gflops, machine_info, make_inputs  # noqa: E402
 from benchmarks.hlo_cost import HloCost, memory_bytes  # noqa: E402
+from benchmarks.timing import jax_call  # noqa: E402
+from benchmarks.timing import measure as timed_calls  # noqa: E402
 from mc_jax.ops import aggregation as agg  # noqa: E402
 from mc_jax.ops import memory_caching  # noqa: E402
 from mc_jax.ops.aggregation import pool_keys  # noqa: E402
@@ -133,8 +134,8 @@ def grad_of(fn, n_args):
 def measure(fn, args, repeats):
     compiled = jax.jit(fn).lower(*args).compile()
     cost = HloCost(compiled.as_text()).cost()
-    times = time_fn(compiled, args, repeats)
-    med = statistics.median(times)
+    timed = timed_calls(jax_call(compiled, *args), repeats)
+    times, med = timed["times_s"], timed["median_s"]
     return {"median_s": med, "times_s": times, "flops": cost.flops, "dot_flops": cost.dot_flops,
             "gflops": cost.flops / med / 1e9, "memory": memory_bytes(compiled)}
 

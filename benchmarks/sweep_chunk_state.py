@@ -22,7 +22,7 @@ import jax.numpy as jnp
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.bench_kernels import _time  # noqa: E402
+from benchmarks.timing import median_ms  # noqa: E402
 from mc_jax.kernels._common import PRECISIONS  # noqa: E402
 from mc_jax.kernels.chunk_state import api, reference  # noqa: E402
 from mc_jax.kernels.chunk_state.pallas import chunk_state_pallas  # noqa: E402
@@ -59,7 +59,7 @@ def main(argv=None):
             terms = jax.jit(lambda k, v, g: reference.chunk_terms(k, v, g, 64))(k, v, gates)
             scan = jax.jit(lambda terms, s: reference.scan_terms(terms, s))
             ref = scan(terms, s0)
-            scan_ms = _time(scan, terms, s0, reps=args.reps)
+            scan_ms = median_ms(scan, terms, s0, repeats=args.reps)
         rows.append(dict(**c, variant="xla scan (highest)", ms=scan_ms, err=0.0))
         print(f"{c['b']:>3}{c['t']:>6}{c['h']:>4}{c['d']:>5} {'xla scan (highest)':<34}{scan_ms:>9.3f}", flush=True)
         k_to_end, u_hat, w, total = terms
@@ -78,7 +78,7 @@ def main(argv=None):
                 out = fn(*kin)
                 err = max(float(jnp.max(jnp.abs(api._from_rows(out[0], r) - ref[0]))),
                           float(jnp.max(jnp.abs(out[2].reshape(ref[2].shape) - ref[2]))))
-                ms = _time(fn, *kin, reps=args.reps)
+                ms = median_ms(fn, *kin, repeats=args.reps)
             except Exception as e:  # noqa: BLE001 - a launch setting the backend rejects is a result too
                 print(f"{c['b']:>3}{c['t']:>6}{c['h']:>4}{c['d']:>5} {name:<34} failed: {type(e).__name__}: "
                       f"{str(e)[:120]}", flush=True)

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 from mc_jax.ops.memories import MemorySpec
 from mc_jax.ops.reads import dense_mix
 from mc_jax.ops.segmentation import from_odd_runs
+from mc_jax.ops.utils import prefix_sum
 from mc_jax.typing import Array, Bool, Float, PyTree
 
 
@@ -167,15 +168,14 @@ def residual_prefix_read(stack: Float[Array, "b n h dk dv"], q: Float[Array, "b 
                          size: int) -> Float[Array, "b t h dv"]:
     """Residual aggregation over linear memories: ``y_t = q_t^T sum_{i < t // size} S_i``, one read per token.
 
-    The exclusive prefix sum ``P_c = sum_{i < c} S_i`` is an associative scan along the segment axis (strided slices
-    and adds in the stack's own layout): ``jnp.cumsum`` over that axis lowers on XLA:CPU to a ``reduce-window`` on a
-    transposed copy of the stack, 3x slower forward and 2x forward+backward at ``N = 64`` (docs/performance.md,
-    "Against PyTorch"). Element ``c`` combines only ``S_i``, ``i < c``: a non-finite later state never reaches it.
+    The exclusive prefix sum ``P_c = sum_{i < c} S_i`` is an associative scan along the segment axis
+    (:func:`~mc_jax.ops.utils.prefix_sum`). Element ``c`` combines only ``S_i``, ``i < c``: a non-finite later state
+    never reaches it.
     """
     b, t, h, dk = q.shape
     n = t // size
     shifted = jnp.concatenate([jnp.zeros_like(stack[:, :1]), stack[:, : n - 1]], axis=1)  # S_{c-1}, zero at c = 0
-    prefix = jax.lax.associative_scan(jnp.add, shifted, axis=1)
+    prefix = prefix_sum(shifted, axis=1)
     qb = q.reshape(b, n, size, h, dk)
     return jnp.einsum("bnchk,bnhkv->bnchv", qb, prefix).reshape(b, t, h, -1)
 

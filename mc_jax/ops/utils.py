@@ -27,6 +27,18 @@ def state_dtype() -> jnp.dtype:
     return jnp.float64 if jax.config.read("jax_enable_x64") else jnp.float32
 
 
+def prefix_sum(x: Array, axis: int) -> Array:
+    """Inclusive cumulative sum along ``axis`` as an associative scan (strided slices and adds in ``x``'s own layout).
+
+    ``jnp.cumsum`` along an inner axis lowers on XLA:CPU to a ``reduce-window`` over a transposed copy: 3x slower
+    forward and 2x forward+backward for the residual read's stack of states at ``N = 64`` (docs/performance.md).
+    (For the online memory's pooled keys, a cumsum over a segment's tokens, the scan moved the time elsewhere and
+    the op was no faster at T=4096, C=256: not used there.) Element ``i`` combines only elements ``<= i``, so a
+    non-finite later entry never reaches it.
+    """
+    return jax.lax.associative_scan(jnp.add, x, axis=axis)
+
+
 def segsum(x: Float[Array, "... c"]) -> Float[Array, "... c c"]:
     """``out[..., i, j] = sum_{j < m <= i} x[..., m]`` for ``i >= j`` and ``-inf`` above the diagonal.
 
