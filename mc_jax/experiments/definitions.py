@@ -146,8 +146,12 @@ def e2(quick: bool) -> Plan:
 # memory (decay 0.953 per token at initialisation) never did at 256 tokens in 1500 steps (exact match 0 %, seed 0 of
 # the third session); the linear memory (no decay) at 128 tokens reached 40.6 % per-character accuracy at 1500 steps
 # (pilot, still rising): E3 trains linear memories at 128 tokens for 3000 steps (the same tokens as 1500 x 256);
-# a UUID needle's template needs about 150 bytes, so it trains at 256.
+# a UUID needle's template needs about 150 bytes, so it trains at 256. With a linear memory, independent segments
+# and the block's per-head output norm, post-training caching with a zero router (uniform weights) reads the base's
+# state divided by n + 1, which the norm undoes: that row equals the base (docs/results.md, E3).
 E3_LENGTHS, E3_STEPS = {"passkey": 128, "number": 128, "uuid": 256}, 3000
+
+
 def e3(quick: bool) -> Plan:
     needles = ("passkey",) if quick else ("passkey", "number", "uuid")
     options = (("length_factors", (1, 2) if quick else (1, 2, 4, 8)),
