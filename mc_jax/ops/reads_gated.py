@@ -65,20 +65,21 @@ def _block_backward(q, u, l_on, y_on, pooled, states, visible, full, y, lse, dy)
 
 
 def _blocks(t: int, size: int, block: int):
-    """``(start, stop, n)`` per query block: ``n`` states visible to its last token."""
-    return [(s, s + block, (s + block - 1) // size) for s in range(0, t, block)]
+    """``(start, stop, n, full)`` per query block: ``n`` states visible to its last token, the first ``full`` of them
+    visible to every token of it (read without selects, :func:`~mc_jax.ops.reads_causal.weighted_read`)."""
+    return [(s, s + block, (s + block - 1) // size, s // size) for s in range(0, t, block)]
 
 
 def _forward(q, u, l_on, y_on, pooled, states, size, block):
     ys, lses = [], []
-    for start, stop, n in _blocks(q.shape[2], size, block):
+    for start, stop, n, full in _blocks(q.shape[2], size, block):
         cut = lambda a, start=start, stop=stop: a[:, :, start:stop]
         if n == 0:  # nothing cached is visible: the online memory alone
             ys.append(cut(y_on))
             lses.append(cut(l_on))
             continue
         y, lse = _block_forward(cut(q), cut(u), cut(l_on), cut(y_on), pooled[:, :, :n], states[:, :, :n],
-                                _visible(start, stop, size, n), start // size)
+                                _visible(start, stop, size, n), full)
         ys.append(y)
         lses.append(lse)
     return jnp.concatenate(ys, axis=2), jnp.concatenate(lses, axis=2)
@@ -100,14 +101,13 @@ def _gated_read_bwd(size, block, res, dy):
     q, u, l_on, y_on, pooled, states, y, lse = res
     grads = [[] for _ in range(4)]  # dq, du, dl_on, dy_on per block
     dpooled, dstates = jnp.zeros_like(pooled), jnp.zeros_like(states)
-    for start, stop, n in _blocks(q.shape[2], size, block):
+    for start, stop, n, full in _blocks(q.shape[2], size, block):
         cut = lambda a, start=start, stop=stop: a[:, :, start:stop]
         if n == 0:
             parts = (jnp.zeros_like(cut(q)), jnp.zeros_like(cut(u)), jnp.zeros_like(cut(l_on)), cut(dy))
         else:
             *parts, dp, ds = _block_backward(cut(q), cut(u), cut(l_on), cut(y_on), pooled[:, :, :n], states[:, :, :n],
-                                             _visible(start, stop, size, n), start // size, cut(y), cut(lse),
-                                             cut(dy))
+                                             _visible(start, stop, size, n), full, cut(y), cut(lse), cut(dy))
             dpooled, dstates = dpooled.at[:, :, :n].add(dp), dstates.at[:, :, :n].add(ds)
         for acc, part in zip(grads, parts):
             acc.append(part)
