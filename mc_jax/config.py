@@ -80,6 +80,9 @@ class MixerConfig:
         router_init: initial weights of the gate query projection ``W_u``: ``normal`` (``init_std``, like every
             projection) or ``zeros`` (every available memory gets the same weight at initialisation; the logits
             still get gradients, ``d logit / d u = pool(K_i)``).
+        router_temperature: the gate logits are divided by it, ``<u_t, pool(K_i)> / tau`` (token-only gates too).
+            ``tau < 1`` sharpens the gates at initialisation and speeds the logits' learning under Adam (a step of
+            ``W_u`` moves a logit ``1 / tau`` as far); ``tau = 1`` is the paper's router.
         chunk_size: inner chunk of the memory. For deep memories it changes the math (gradients are taken at the
             chunk-start weights), so it is fixed here; ``None`` takes the op's default for ``segment_size`` (the
             largest divisor at most 16). Linear memories are exact for any chunk; ``None`` lets the op choose.
@@ -124,6 +127,7 @@ class MixerConfig:
     init: str = "independent"
     pool: str = "mean"
     router_init: str = "normal"
+    router_temperature: float = 1.0
     chunk_size: int | None = None
     expansion: int = 4
     gates: tuple[str, ...] | None = None
@@ -165,7 +169,8 @@ class MixerConfig:
         _choice("mixer.impl", self.impl, IMPLS)
         for name in ("segment_size", "expansion", "conv_width"):
             _positive(f"mixer.{name}", getattr(self, name))
-        _positive("mixer.rope_theta", self.rope_theta, integer=False)
+        for name in ("rope_theta", "router_temperature"):
+            _positive(f"mixer.{name}", getattr(self, name), integer=False)
         for name in ("chunk_size", "key_dim", "value_dim", "window"):
             _positive(f"mixer.{name}", getattr(self, name), optional=True)
         if self.aggregation == "ssc" and self.top_k is None:

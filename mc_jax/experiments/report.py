@@ -186,6 +186,10 @@ def verdict(name: str, summary: dict[str, dict[str, Any]]) -> list[str]:
                 above = sum(v > base["mean"] for v in mc.values())
                 out.append(f"{key}: {above}/{len(mc)} caching variants above the base memory"
                            + (f"; above Log-Linear++ (grm_log): {', '.join(better) or 'none'}" if log else ""))
+        if name == "e1s":
+            cached = sorted((g for g in s if g.count("-") == 2 and not g.endswith("-none")),
+                            key=lambda g: -s[g]["mean"])
+            out.append("ranked: " + ", ".join(f"{g.split('-', 2)[2]} {100 * s[g]['mean']:.1f}" for g in cached))
     elif name in ("e2", "e4"):
         lower = name == "e4"
         if "mc" in s and "none" in s:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import fnmatch
 import signal
 import sys
 import threading
@@ -35,18 +36,34 @@ def _only_seeds(plan: Plan, seeds: tuple[int, ...] | None) -> Plan:
     return dataclasses.replace(plan, seeds=tuple(s for s in plan.seeds if s in seeds))
 
 
+def _only_groups(plan: Plan, patterns: tuple[str, ...] | None) -> Plan:
+    """``plan`` restricted to the models whose group matches one of the shell-style ``patterns`` (``None``: all), with
+    the models they take their learning rate from (finished ones are skipped) and the post-training jobs of those
+    kept."""
+    if patterns is None:
+        return plan
+    kept = {m.group for m in plan.models if any(fnmatch.fnmatchcase(m.group, p) for p in patterns)}
+    if not kept:
+        groups = ", ".join(m.group for m in plan.models)
+        raise ValueError(f"--only {list(patterns)} matches no model of this experiment; its models: {groups}")
+    kept |= {m.lr_from for m in plan.models if m.group in kept and m.lr_from is not None}
+    return dataclasses.replace(plan, models=[m for m in plan.models if m.group in kept],
+                               after=[a for a in plan.after if a.source in kept])
+
+
 def run_experiment(name: str, *, quick: bool = False, workers: int = 1, out: str | Path | None = None,
                    results: str | Path | None = None, log=print, run: bool = True, extended: bool = False,
-                   seeds: tuple[int, ...] | None = None) -> dict:
+                   seeds: tuple[int, ...] | None = None, only: tuple[str, ...] | None = None) -> dict:
     """Run (or resume) experiment ``name`` (its budgeted core; ``extended``: every tier; ``seeds``: only these of its
-    reported seeds, e.g. the first seed of everything before the others) and write its report over every finished
+    reported seeds, e.g. the first seed of everything before the others; ``only``: the models whose group matches
+    one of these patterns) and write its report over every finished
     job of the whole plan; returns the summary. ``run=False``: the report only, nothing is run."""
     if name not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {name!r}; choose one of {sorted(EXPERIMENTS)} or 'all'")
     out = Path(out or ("runs/experiments_quick" if quick else "runs/experiments")).absolute()
     results = Path(results or (out / "results" if quick else "docs/results")).absolute()
     whole = EXPERIMENTS[name](quick)
-    plan = _only_seeds(plan_of(name, quick, extended), seeds)
+    plan = _only_groups(_only_seeds(plan_of(name, quick, extended), seeds), only)
     partial = (len(plan.models) < len(whole.models) or len(plan.after) < len(whole.after)
                or len(plan.seeds) < len(whole.seeds))
     log(f"{TITLES[name]}{' (quick)' if quick else ''}: {len(plan.models)} models x {len(plan.seeds)} seeds"
@@ -81,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run only these of the reported seeds (the learning-rate sweep still runs on its validation "
                         "seed), e.g. --seeds 0 for one seed of everything first; the report covers every finished "
                         "job")
+    p.add_argument("--only", nargs="+", default=None, metavar="PATTERN",
+                   help="run only the models whose name matches one of these shell-style patterns (e.g. "
+                        "'kv32-dla-*'), and the models they take their learning rate from; with --extended for the "
+                        "higher tiers; the report covers every finished job")
     p.add_argument("--verbose", action="store_true", help="with --estimate: every model's runs and cost")
     return p
 
@@ -95,8 +116,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown experiment {args.name!r}; choose one of {', '.join(EXPERIMENTS)} or 'all'",
               file=sys.stderr)
         return 2
-    if args.seeds is not None and args.estimate:
-        print("error: --seeds runs part of a plan; --estimate prints the whole plan", file=sys.stderr)
+    if args.only is not None and len(names) > 1:
+        print("error: --only selects models of one experiment; name it instead of 'all'", file=sys.stderr)
+        return 2
+    if (args.seeds is not None or args.only is not None) and args.estimate:
+        print("error: --seeds and --only run part of a plan; --estimate prints the whole plan", file=sys.stderr)
         return 2
     if args.estimate:
         from mc_jax.experiments.budget import estimate
@@ -112,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             run_experiment(name, quick=args.quick, workers=args.jobs, out=args.out, results=args.results,
                            run=not args.report_only, extended=args.extended,
-                           seeds=None if args.seeds is None else tuple(args.seeds))
+                           seeds=None if args.seeds is None else tuple(args.seeds),
+                           only=None if args.only is None else tuple(args.only))
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)

@@ -135,6 +135,8 @@ class MCMixer(nnx.Module):
         v, sv = self.v_conv(FEATURE_MAPS[self.settings.value_map](self.v_proj(x)), states[2])
         q, k, v = l2_normalize(heads(q, self.dk)), l2_normalize(heads(k, self.dk)), heads(v, self.dv)
         u = None if self.u_proj is None else heads(self.u_proj(x), self.u_width)
+        if u is not None and self.settings.router_temperature != 1.0:
+            u = u / self.settings.router_temperature  # logits <u, pool(K)> / tau
         top_k = self.settings.top_k if self.aggregation == "ssc" else None
         common = dict(u=u, aggregation=self.aggregation, top_k=top_k, gates=self.gates(x), impl=self.settings.impl)
         if cache is None:

@@ -204,6 +204,23 @@ def test_seeds_restrict_the_reported_seeds_and_the_post_training_jobs():
         _only_seeds(plan, (7,))
 
 
+def test_only_restricts_the_models_and_keeps_their_rate_sources():
+    from mc_jax.experiments.suite import _only_groups
+
+    plan = plan_of("e1", extended=True)
+    deep = _only_groups(plan, ("kv32-dla-*", "kv32-titans-grm"))
+    groups = {m.group for m in deep.models}
+    # the deep models take their rates from the swept linear ones, which come along (finished: skipped)
+    assert groups == {"kv32-dla-none", "kv32-dla-grm", "kv32-dla-soup", "kv32-titans-grm", "kv32-linear-none",
+                      "kv32-linear-grm"}
+    assert deep.seeds == plan.seeds and deep.lrs == plan.lrs and _only_groups(plan, None) is plan
+    e3 = _only_groups(plan_of("e3"), ("passkey-base",))
+    assert e3.after and {a.source for a in e3.after} == {"passkey-base"}
+    with pytest.raises(ValueError, match="matches no model of this experiment"):
+        _only_groups(plan, ("kv32-rnn-*",))
+    assert main(["all", "--only", "kv32-*", "--report-only"]) == 2  # one experiment at a time
+
+
 def test_cli_estimate_prints_the_plan_and_runs_nothing(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["all", "--estimate", "--quick"]) == 0

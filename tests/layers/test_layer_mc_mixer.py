@@ -89,6 +89,31 @@ def test_zero_router_init_gives_uniform_gates_and_still_learns():
         MixerConfig(router_init="ones")
 
 
+@pytest.mark.parametrize("aggregation", ["grm", "ssc", "token"])
+def test_router_temperature_divides_the_gate_logits(aggregation):
+    """``router_temperature=tau``: the layer equals the layer at ``tau = 1`` whose router projection ``W_u`` is divided
+    by ``tau`` (the logits are linear in ``W_u``), decoding included; and it is not the layer at ``tau = 1``."""
+    top_k = 2 if aggregation == "ssc" else None
+    hot = MCMixer(config(aggregation=aggregation, top_k=top_k, segment_size=3, router_temperature=0.25)
+                  .replace(init_std=0.5), "mc", rngs=nnx.Rngs(0))
+    plain = MCMixer(config(aggregation=aggregation, top_k=top_k, segment_size=3).replace(init_std=0.5), "mc",
+                    rngs=nnx.Rngs(1))
+    transplant(hot, plain)
+    x = jax.random.normal(jax.random.key(0), (2, 11, 32))
+    y_plain, _ = plain(x)
+    assert not np.allclose(hot(x)[0], y_plain, atol=1e-4)
+    plain.u_proj.kernel[...] = hot.u_proj.kernel[...] / 0.25
+    assert_allclose(hot(x)[0], plain(x)[0], "float32")
+    cache, steps = hot.init_cache(2, 11), []
+    for t in range(11):
+        y_t, cache = hot(x[:, t : t + 1], cache)
+        steps.append(y_t)
+    assert_allclose(jnp.concatenate(steps, axis=1), hot(x)[0], "float32")
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="mixer.router_temperature must be a positive finite number"):
+            MixerConfig(router_temperature=bad)
+
+
 def test_ablation_aggregations_token_and_uniform():
     """``token``: one router logit per head (``u_proj`` d -> heads), zero-initialised it is ``uniform``, which has no
     router at all; the token gates get gradients."""
