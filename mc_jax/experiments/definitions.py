@@ -278,7 +278,8 @@ def eb(quick: bool) -> Plan:
 
 
 EXPERIMENTS = {"e1": e1, "e1s": e1_search, "e2": e2, "e3": e3, "e4": e4, "e5": e5, "eb": eb}
-TITLES = {"e1": "E1 stacked MQAR capacity", "e1s": "E1 search: segment size, aggregation, pooling, heads, router temperature",
+TITLES = {"e1": "E1 stacked MQAR capacity",
+          "e1s": "E1 search: segment size, aggregation, pooling, heads, router temperature",
           "e2": "E2 token MQAR, full block", "e3": "E3 needle in a haystack",
           "e4": "E4 character-level LM", "e5": "E5 ablation (Table 5 mirror)", "eb": "EB block design"}
 
