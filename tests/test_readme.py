@@ -6,7 +6,9 @@
   to the command's own arguments (argparse / the last override wins):
 
   - ``train.py`` / ``mc-train``: ``train.steps=5 train.warmup=1 train.eval_every=0 train.ckpt_every=0
-    train.task.eval_examples=32 train.batch_size=8``;
+    train.task.eval_examples=32 train.batch_size=8``, and ``train.baseline=`` (no baseline runs) for every command
+    but the main job, bare ``python train.py``, whose baseline runs are checked below (a baseline trains through
+    the same code path as the main run; the suite's time is better spent elsewhere);
   - ``eval.py`` / ``mc-eval``: ``--examples 16 --niah-samples 2 --niah-lengths 256 --max-tokens 2000
     --max-new-tokens 8 --no-progress``;
   - ``mc-prepare --corpus shakespeare``: ``--corpus tiny`` (the shipped corpus: the suite uses no network).
@@ -48,6 +50,11 @@ EVAL_SHORT = ["--examples", "16", "--niah-samples", "2", "--niah-lengths", "256"
 NOT_RUN = ("pip", "tensorboard")
 
 
+def train_short(args: list[str]) -> list[str]:
+    """The shortening of one ``train.py`` command's arguments (the module docstring)."""
+    return args + TRAIN_SHORT + (["train.baseline="] if args else [])
+
+
 def blocks(text: str) -> list[tuple[str, str]]:
     """``[(language, body)]`` of the fenced code blocks, in order."""
     return [(m.group(1), m.group(2)) for m in re.finditer(r"^```(\w*)\n(.*?)^```$", text, re.DOTALL | re.MULTILINE)]
@@ -79,7 +86,7 @@ def _run_in_a_fresh_process(env: dict[str, str], cmd: list[str]) -> str:
     environment, as a shell runs it. In-process, late in a full suite run, XLA aborted while compiling the sharded
     initialisation (twice, in 2026-12-01's CI runs; never alone), which takes the whole pytest worker down."""
     full = {**os.environ, **env, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, str(REPO / cmd[1]), *cmd[2:], *TRAIN_SHORT], env=full,
+    proc = subprocess.run([sys.executable, str(REPO / cmd[1]), *train_short(cmd[2:])], env=full,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"README command {shlex.join(cmd)!r} exited {proc.returncode}:\n{proc.stderr[-3000:]}"
     return proc.stdout
@@ -110,7 +117,7 @@ def run_command(cmd: list[str]) -> str | None:
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         if name in ("train.py", "mc-train"):
-            code = train_main(args + TRAIN_SHORT)
+            code = train_main(train_short(args))
         elif name in ("eval.py", "mc-eval"):
             code = eval_main(args + EVAL_SHORT)
         elif name in ("mc_jax.data.prepare", "mc-prepare"):

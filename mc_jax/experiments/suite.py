@@ -68,8 +68,8 @@ def run_experiment(name: str, *, quick: bool = False, workers: int = 1, out: str
                or len(plan.seeds) < len(whole.seeds))
     log(f"{TITLES[name]}{' (quick)' if quick else ''}: {len(plan.models)} models x {len(plan.seeds)} seeds"
         + (f", lr from {list(plan.lrs)} on a validation seed" if len(plan.lrs) > 1 else f", lr {plan.lrs[0]:g}")
-        + ("" if not partial else f" (the budgeted core; {len(whole.models) - len(plan.models)} more models "
-                                    "with --extended)"))
+        + ("" if not partial else f" (selected: {len(plan.models)} of {len(whole.models)} models"
+           f"{'' if extended or only else ', the budgeted core; the rest with --extended'})"))
     outcomes = _execute(plan, out, workers, log, run)
     if partial:  # the report covers every finished job, extended tiers included
         outcomes = _execute(whole, out, workers, log, run=False)
