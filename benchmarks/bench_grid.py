@@ -103,7 +103,7 @@ def op_configs(args) -> list[dict]:
         for memory in args.memories:
             rows.append(dict(kind="base", memory=memory, T=t))
             for aggregation in args.aggregations:
-                for segmentation, init in LAYOUTS:
+                for segmentation, init in args.layouts:
                     rows.append(dict(kind="mc", memory=memory, aggregation=aggregation, segmentation=segmentation,
                                      init=init, T=t))
         rows.append(dict(kind="attention", T=t))
@@ -242,11 +242,21 @@ def print_tables(rows, models, grow, skipped, dense) -> None:
             print(f"  {count} x {reason}")
 
 
+def _layout(text: str) -> tuple[str, str]:
+    """``constant/independent`` -> ``("constant", "independent")``, one of :data:`LAYOUTS`."""
+    layout = tuple(text.split("/"))
+    if layout not in LAYOUTS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of {['/'.join(x) for x in LAYOUTS]}")
+    return layout
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--lengths", nargs="+", type=int, default=[1024, 4096, 16384])
     p.add_argument("--memories", nargs="+", default=list(MEMORIES), choices=MEMORIES)
     p.add_argument("--aggregations", nargs="+", default=list(AGGREGATIONS), choices=AGGREGATIONS)
+    p.add_argument("--layouts", nargs="+", type=_layout, default=list(LAYOUTS), metavar="SEGMENTATION/INIT",
+                   help="segmentation / init pairs of the MC rows (default: all four)")
     p.add_argument("--segment-size", type=int, default=64)
     p.add_argument("--top-k", type=int, default=2)
     p.add_argument("--batch", type=int, default=1)
