@@ -56,8 +56,8 @@ def run_experiment(name: str, *, quick: bool = False, workers: int = 1, out: str
                    seeds: tuple[int, ...] | None = None, only: tuple[str, ...] | None = None) -> dict:
     """Run (or resume) experiment ``name`` (its budgeted core; ``extended``: every tier; ``seeds``: only these of its
     reported seeds, e.g. the first seed of everything before the others; ``only``: the models whose group matches
-    one of these patterns) and write its report over every finished
-    job of the whole plan; returns the summary. ``run=False``: the report only, nothing is run."""
+    one of these patterns) and write its report over every finished job of the whole plan; returns the summary.
+    ``run=False``: the report only, nothing is run."""
     if name not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {name!r}; choose one of {sorted(EXPERIMENTS)} or 'all'")
     out = Path(out or ("runs/experiments_quick" if quick else "runs/experiments")).absolute()
@@ -122,6 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     if (args.seeds is not None or args.only is not None) and args.estimate:
         print("error: --seeds and --only run part of a plan; --estimate prints the whole plan", file=sys.stderr)
         return 2
+    seeds, only = (None if x is None else tuple(x) for x in (args.seeds, args.only))
+    try:  # a seed or pattern that selects nothing is refused before anything runs
+        for name in names:
+            _only_groups(_only_seeds(plan_of(name, args.quick, args.extended), seeds), only)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if args.estimate:
         from mc_jax.experiments.budget import estimate
 
@@ -136,8 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             run_experiment(name, quick=args.quick, workers=args.jobs, out=args.out, results=args.results,
                            run=not args.report_only, extended=args.extended,
-                           seeds=None if args.seeds is None else tuple(args.seeds),
-                           only=None if args.only is None else tuple(args.only))
+                           seeds=seeds, only=only)
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)

@@ -219,6 +219,7 @@ def test_only_restricts_the_models_and_keeps_their_rate_sources():
     with pytest.raises(ValueError, match="matches no model of this experiment"):
         _only_groups(plan, ("kv32-rnn-*",))
     assert main(["all", "--only", "kv32-*", "--report-only"]) == 2  # one experiment at a time
+    assert main(["e1", "--only", "kv32-rnn-*", "--report-only"]) == 2  # a clear error, nothing run
 
 
 def test_cli_estimate_prints_the_plan_and_runs_nothing(tmp_path, capsys, monkeypatch):
