@@ -111,6 +111,10 @@ def op_configs(args) -> list[dict]:
 
 
 def skip_reason(cfg: dict, args, started: float) -> str | None:
+    if cfg["kind"] == "attention" and cfg["T"] > args.attention_max_length:
+        scores_gib = cfg["B"] * cfg["H"] * cfg["T"] ** 2 * 4 / 2**30
+        return (f"attention above --attention-max-length {args.attention_max_length}: its [B, H, T, T] float32 "
+                f"scores alone are {scores_gib:.1f} GiB (the 2-core CPU's process was killed at T=16384)")
     if cfg.get("memory") and get_memory(cfg["memory"]).family.deep and cfg["T"] > args.deep_max_length:
         return f"deep memory above --deep-max-length {args.deep_max_length}"
     if time.perf_counter() - started > args.budget_s:
@@ -264,6 +268,8 @@ def parse_args(argv=None):
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--deep-max-length", type=int, default=4096, help="deep memories are cut above this length")
+    p.add_argument("--attention-max-length", type=int, default=8192,
+                   help="causal attention rows are cut above this length (their T x T scores)")
     p.add_argument("--budget-s", type=float, default=3600.0, help="op rows after this many seconds are skipped")
     p.add_argument("--presets", nargs="+", default=["tiny", "small"])
     p.add_argument("--model-contexts", nargs="+", type=int, default=[1024, 4096])

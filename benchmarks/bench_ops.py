@@ -106,7 +106,7 @@ def machine_info() -> dict:
         "backend": jax.default_backend(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "git_revision": rev,
-        "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.bench_ops"] + sys.argv[1:]),
+        "command": " ".join([Path(sys.executable).name, "-m", f"benchmarks.{Path(sys.argv[0]).stem}"] + sys.argv[1:]),
     }
 
 
