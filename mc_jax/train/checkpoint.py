@@ -37,6 +37,7 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from jax.sharding import SingleDeviceSharding
 
 from mc_jax.files import append_log, describe_storage_error, write_json_atomic
@@ -242,6 +243,11 @@ class Checkpointer:
         try:
             self.manager.wait_until_finished()  # the previous save and its manifest
             self._raise_commit_error()
+            if jax.process_count() > 1:
+                # every process has finished the previous save's background commit (whose barriers would otherwise
+                # pair with this save's: "sync_global_devices name mismatch ('CheckpointManager:save_start')" seen
+                # once in a loaded two-process CI run) before any of them starts this one
+                multihost_utils.sync_global_devices(f"mc_jax.checkpoint: save {int(step)}")
             self._pending = int(step)
             self.manager.save(step, args=ocp.args.Composite(
                 params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
