@@ -104,6 +104,12 @@ def manifest_problem(step_dir: str | os.PathLike[str]) -> str | None:
     return None
 
 
+
+def sync_processes(name: str) -> None:
+    """A barrier of every process of a multi-process run (nothing in a single-process one)."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+
 class CheckpointError(ValueError):
     """A checkpoint that is missing, corrupted, partial or written for a different config."""
 
@@ -243,11 +249,10 @@ class Checkpointer:
         try:
             self.manager.wait_until_finished()  # the previous save and its manifest
             self._raise_commit_error()
-            if jax.process_count() > 1:
-                # every process has finished the previous save's background commit (whose barriers would otherwise
-                # pair with this save's: "sync_global_devices name mismatch ('CheckpointManager:save_start')" seen
-                # once in a loaded two-process CI run) before any of them starts this one
-                multihost_utils.sync_global_devices(f"mc_jax.checkpoint: save {int(step)}")
+            # every process has finished the previous save's background commit (whose barriers would otherwise
+            # pair with this save's: "sync_global_devices name mismatch ('CheckpointManager:save_start')" seen
+            # once in a loaded two-process CI run) before any of them starts this one
+            sync_processes(f"mc_jax.checkpoint: save {int(step)}")
             self._pending = int(step)
             self.manager.save(step, args=ocp.args.Composite(
                 params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),

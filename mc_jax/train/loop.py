@@ -49,7 +49,6 @@ from pathlib import Path
 from typing import IO, Any
 
 import jax
-from jax.experimental import multihost_utils
 
 from mc_jax.files import append_log, describe_storage_error, not_a_directory, unwritable_reason, write_json_atomic
 from mc_jax.models import abstract_model, count_params, create_model
@@ -66,6 +65,7 @@ from mc_jax.train.checkpoint import (
     locate_checkpoint,
     read_run_file,
     record_session,
+    sync_processes,
     transfer_params,
     write_run_file,
 )
@@ -360,11 +360,6 @@ class _NullLogger:
         pass
 
 
-def _sync(name: str) -> None:
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices(name)
-
-
 # ---- the loop --------------------------------------------------------------------------------------------------------
 def _load_init(init_from: str | os.PathLike[str], config: RunConfig, params: Any) -> tuple[Any, dict]:
     """Parameters of ``config``'s model taken from the checkpoint at ``init_from`` (see :func:`check_init_from`)."""
@@ -496,7 +491,7 @@ def train(
                 stats = meta.get("train_stats") or {}
         finally:
             reader.close()
-    _sync("mc_jax.train: checkpoint read")  # nobody touches the directory before every process has read it
+    sync_processes("mc_jax.train: checkpoint read")  # nobody touches the directory before every process has read it
     session = session_info(config, start_step=start)
     if primary:
         _prepare_run_dir(run_dir, config, resume=resume, overwrite=overwrite, session=session,
@@ -508,7 +503,7 @@ def train(
         if reopened:  # the run is no longer finished: keep its old result, record the new plan
             os.replace(run_dir / FINAL_FILE, run_dir / f"final.step{final_before['step']}.json")
             write_run_file(run_dir, config)
-    _sync("mc_jax.train: run directory ready")
+    sync_processes("mc_jax.train: run directory ready")
     library_errors = _LibraryErrors(run_dir)
     ckpt = Checkpointer(run_dir, keep=tc.keep)
     logger = (MetricsLogger(run_dir, resume_step=start if resume else None, final_step=tc.steps) if primary
@@ -638,7 +633,7 @@ def train(
 
             plot_training_curves({describe_model(config.model): read_metrics(logger.path)}, run_dir / CURVES_FILE,
                                  title=f"{run_dir.name}: {describe_model(config.model)}, {data.description}")
-    _sync("mc_jax.train: done")
+    sync_processes("mc_jax.train: done")
     say(f"{label}done: eval loss {final['loss']:.4f}, accuracy {final['accuracy']:.2%}, "
         f"exact match {final['exact_match']:.2%} ({tokens_per_s:,.0f} tok/s)")
     return result
