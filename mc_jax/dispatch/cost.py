@@ -6,6 +6,8 @@ For constant segments of ``C`` tokens over ``T`` (padded) tokens, ``N = T / C`` 
 * state read (:func:`causal_read_macs`, what ``impl="auto"`` runs for grm / soup): query block ``j`` reads the
   ``n_j`` states visible to its last token, ``block * n_j * Dk * Dv`` -- about ``T * N / 2 * Dk * Dv``;
 * prefix read (:func:`prefix_read_macs`, residual over linear memories): one state read per token, ``T * Dk * Dv``;
+* grouped read (:func:`grouped_read_macs`, ssc over matrix memories): every (tile, state) pair of the rows sorted
+  by state, at most ``T * top_k / rows + N`` pairs of ``rows * Dk * Dv`` -- about ``(T * top_k + N * rows) * Dk * Dv``;
 * quadratic form (:func:`quadratic_macs`, ``mc_jax.ops.reads_quadratic``): every ``[bq, bk]`` tile it visits costs
   ``bq * bk * (Dk + Dv)`` (``q . k`` and the weighted sum of ``v``) -- about ``T^2 / 2 * (Dk + Dv)``.
 
@@ -34,6 +36,19 @@ def causal_read_macs(length: int, segment_size: int, dk: int, dv: int) -> int:
 def prefix_read_macs(length: int, dk: int, dv: int) -> int:
     """Multiply-adds of the residual prefix read: one state read per token."""
     return length * dk * dv
+
+
+def grouped_read_macs(length: int, segment_size: int, top_k: int, dk: int, dv: int) -> int:
+    """Multiply-adds of :func:`mc_jax.ops.reads_grouped.grouped_read`: its pairs (the bound it allocates)."""
+    n_states = length // segment_size
+    rows = tiling.grouped_rows(length, n_states, top_k)
+    tiles = -(-length * min(top_k, n_states) // rows)
+    return (tiles + n_states) * rows * dk * dv
+
+
+def grouped_pays(length: int, segment_size: int, top_k: int, dk: int, dv: int) -> bool:
+    """Fewer multiply-adds than the causal read of every visible state."""
+    return grouped_read_macs(length, segment_size, top_k, dk, dv) < causal_read_macs(length, segment_size, dk, dv)
 
 
 def quadratic_macs(length: int, segment_size: int, dk: int, dv: int) -> int:

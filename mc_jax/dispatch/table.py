@@ -23,7 +23,7 @@ import jax
 
 from mc_jax.dispatch import cost, tiling
 from mc_jax.kernels import cache_read, chunk_state
-from mc_jax.ops import reads_causal, reads_deep, reads_gated, reads_quadratic
+from mc_jax.ops import reads_causal, reads_deep, reads_gated, reads_grouped, reads_quadratic
 from mc_jax.ops.memories import DEEP, LINEAR, SWLA
 from mc_jax.ops.stages import (
     Stages,
@@ -109,6 +109,18 @@ def residual_prefix(spec, what, stack, gamma, available, x, *, block, segment_si
 
 def _residual_applies(spec, what, stack, gamma, available, x, *, block, segment_size, aggregation, top_k) -> bool:
     return aggregation == "residual" and spec.family is LINEAR
+
+
+def sparse_grouped(spec, what, stack, gamma, available, x, *, block, segment_size, aggregation, top_k):
+    """ssc over matrix memories: the chosen (token, state) rows sorted by state, one product per (tile, state) pair
+    (:func:`mc_jax.ops.reads_grouped.grouped_read`; cost grows with ``top_k``, each state loaded once per tile)."""
+    rows = tiling.grouped_rows(x.shape[1], gamma.shape[-1], top_k)
+    return reads_grouped.grouped_read(stack, gamma, available, x, top_k=top_k, rows=rows)
+
+
+def _sparse_grouped_applies(spec, what, stack, gamma, available, x, *, block, segment_size, aggregation,
+                            top_k) -> bool:
+    return aggregation == "ssc" and cost.grouped_pays(x.shape[1], segment_size, top_k, x.shape[-1], stack.shape[-1])
 
 
 def sparse_gather(spec, what, stack, gamma, available, x, *, block, segment_size, aggregation, top_k):
@@ -208,6 +220,7 @@ TABLE: dict[str, tuple[Implementation, ...]] = {
         Implementation("cache_read_sparse", pallas_read_sparse, applies=_sparse_applies),
         Implementation("cache_read_dense", pallas_read_dense, applies=_dense_applies),
         Implementation("residual_prefix", residual_prefix, applies=_residual_applies),
+        Implementation("sparse_grouped", sparse_grouped, families=(LINEAR, SWLA), applies=_sparse_grouped_applies),
         Implementation("sparse_gather", sparse_gather, families=(LINEAR, SWLA, DEEP), applies=_sparse_gather_applies),
         Implementation("causal_read", causal_read, families=(LINEAR, SWLA, DEEP), applies=_causal_applies),
         Implementation(XLA, xla_read_dense, families=(), streaming=True),

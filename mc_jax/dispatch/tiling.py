@@ -34,6 +34,8 @@ def sparse_pays(segment_size: int, top_k: int, n_slots: int) -> bool:
 CAUSAL_BLOCKS, CAUSAL_MAX_BLOCKS = 16, 64
 # Query rows per block of the XLA top-k gather (a block reads at most ``bq * top_k`` gathered states per token).
 SPARSE_XLA_BLOCK_CAP = 8
+# Rows per tile of ssc's grouped read (mc_jax.ops.reads_grouped): one [rows, Dk] x [Dk, Dv] product per pair.
+GROUPED_ROWS_CAP = 64
 
 
 def causal_block(length: int, segment_size: int, width: int) -> int:
@@ -52,6 +54,16 @@ def causal_block(length: int, segment_size: int, width: int) -> int:
 def sparse_xla_block(segment_size: int) -> int:
     """Query rows per block of the XLA top-k gather: the largest divisor of the segment up to the cap."""
     return largest_divisor_at_most(segment_size, SPARSE_XLA_BLOCK_CAP)
+
+
+def grouped_rows(length: int, n_states: int, top_k: int) -> int:
+    """Rows per tile of ssc's grouped read: the power of two nearest below ``T * top_k / N`` (the rows per state),
+    1 to :data:`GROUPED_ROWS_CAP`, so that the ``N * rows`` rows of the pairs a state change starts cost about as
+    much as the ``T * top_k`` chosen rows."""
+    rows = 1
+    while rows * 2 <= min(GROUPED_ROWS_CAP, length * top_k // max(n_states, 1)):
+        rows *= 2
+    return rows
 
 
 def sparse_xla_pays(segment_size: int, top_k: int, n_states: int) -> bool:

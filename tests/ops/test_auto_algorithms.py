@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import pytest
 
 from mc_jax.dispatch import resolve_impl
-from mc_jax.ops import memory_caching
+from mc_jax.ops import memory_caching, reads_causal, reads_grouped
 from mc_jax.ops.memories import get_memory
 from tests.helpers.op_inputs import AGGREGATION_NAMES, MEMORY_NAMES, make_inputs, mc_kwargs
 from tests.helpers.tolerances import assert_close
@@ -35,9 +35,29 @@ def _call(inputs, config, impl, top_k=2):
 
 def test_auto_enables_the_algorithms():
     names = resolve_impl("auto", get_memory("linear"), streaming=False, head_dim=64)
-    assert {"residual_prefix", "sparse_gather", "causal_read", "blocked_residual"} <= names
+    assert {"residual_prefix", "sparse_grouped", "sparse_gather", "causal_read", "blocked_residual"} <= names
     assert not resolve_impl("xla", get_memory("linear"), streaming=False)
     assert "causal_read" not in resolve_impl("auto", get_memory("linear"), streaming=True)
+
+
+@pytest.mark.parametrize("memory,reads", [("gated_linear", (1, 0)), ("delta", (1, 0)), ("titans", (0, 1))])
+def test_ssc_takes_the_grouped_read_for_matrix_memories_and_the_gather_for_deep_ones(monkeypatch, memory, reads):
+    """At the shapes of the tests above, so that they check the grouped read and the gather against the definition
+    (swla: ``tests/ops/test_swla.py``)."""
+    calls = {"grouped": 0, "gather": 0}
+
+    def spy(name, fn):
+        def counted(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return counted
+
+    monkeypatch.setattr(reads_grouped, "grouped_read", spy("grouped", reads_grouped.grouped_read))
+    monkeypatch.setattr(reads_causal, "sparse_read", spy("gather", reads_causal.sparse_read))
+    for length, top_k in ((19, 2), (11, 1)):
+        _call(make_inputs(memory, batch=1, length=length), (memory, "ssc", LAYOUTS[1]), "auto", top_k=top_k)
+        assert (calls["grouped"], calls["gather"]) == reads, calls
+        calls.update(grouped=0, gather=0)
 
 
 @pytest.mark.parametrize("config", COVER, ids=ids)

@@ -106,11 +106,14 @@ def test_gradients_equal_definition(x64, algorithm, case):
 @pytest.mark.parametrize("algorithm", ["quadratic"], indirect=True)
 @pytest.mark.parametrize("case", [CASES[1], CASES[6], CASES[9]], ids=ids)
 def test_float32_gradients(algorithm, case):
+    """float32 at the case's full length against the dense XLA form (the rung above; both equal the definition in
+    float64, ``test_gradients_equal_definition``), as ``test_auto_algorithms.test_auto_float32`` does for outputs:
+    the per-token definition's gradient at these lengths took most of the suite's time for this file."""
     inputs = _inputs(case, batch=1, length=case[3], dtype=jnp.float32)
     cotangent = jax.random.normal(jax.random.key(3), inputs["v"].shape, inputs["v"].dtype)
-    grad = lambda impl: jax.grad(lambda a: jnp.sum(cotangent * _call(a, case, impl)))(inputs)
+    grad = lambda impl: jax.jit(jax.grad(lambda a: jnp.sum(cotangent * _call(a, case, impl))))(inputs)
     jax.tree_util.tree_map_with_path(lambda p, x, e: assert_close(x, e, "float32", jax.tree_util.keystr(p)),
-                                     grad("auto"), grad("naive"))
+                                     grad("auto"), grad("xla"))
 
 
 # --- the tiled form itself ---------------------------------------------------------------------------------------

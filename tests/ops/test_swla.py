@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from mc_jax.ops import init_cache, memory_caching
+from mc_jax.ops import init_cache, memory_caching, reads_grouped
+from mc_jax.ops.reads_grouped import grouped_read
 from tests.helpers.op_inputs import AGGREGATION_NAMES, make_inputs, slice_time
 from tests.helpers.tolerances import assert_close
 
@@ -156,6 +157,22 @@ def test_gradients_equal_definition(x64, case):
             name = jax.tree_util.keystr(path)
             assert jnp.any(b != 0) or aggregation == "residual" and "'u'" in name, f"zero gradient {name}"
             assert_close(a, b, "float64", f"{form} d{name}")
+
+
+def test_ssc_over_many_segments_takes_the_grouped_read_and_equals_definition(x64, monkeypatch):
+    """Segments of 2 tokens: ``impl="auto"`` reads ssc as the grouped matmul (``mc_jax.ops.reads_grouped``); its
+    outputs and the gradients of every input equal the definition."""
+    calls = []
+    monkeypatch.setattr(reads_grouped, "grouped_read", lambda *a, **k: calls.append(1) or grouped_read(*a, **k))
+    inputs = swla_inputs(batch=1, length=13)
+    mc = lambda a, impl: memory_caching(**a, memory="swla", aggregation="ssc", segment_size=2, chunk_size=2, top_k=1,
+                                        impl=impl)
+    cot = jax.random.normal(jax.random.key(8), inputs["v"].shape, jnp.float64)
+    assert_close(mc(inputs, "auto"), mc(inputs, "naive"), "float64", "y")
+    assert calls
+    got, expected = (jax.grad(lambda a, impl=impl: jnp.sum(cot * mc(a, impl)))(inputs) for impl in ("auto", "naive"))
+    jax.tree_util.tree_map_with_path(lambda p, a, b: assert_close(a, b, "float64", jax.tree_util.keystr(p)),
+                                     got, expected)
 
 
 @pytest.mark.parametrize("case", [("grm", LAYOUTS[2]), ("ssc", LAYOUTS[1])], ids=case_id)
