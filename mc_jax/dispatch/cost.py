@@ -39,7 +39,7 @@ def prefix_read_macs(length: int, dk: int, dv: int) -> int:
 
 
 def grouped_read_macs(length: int, segment_size: int, top_k: int, dk: int, dv: int) -> int:
-    """Multiply-adds of :func:`mc_jax.ops.reads_grouped.grouped_read`: its pairs (the bound it allocates)."""
+    """Multiply-adds of :func:`mc_jax.ops.reads_grouped.read_chosen`: its pairs (the bound it allocates)."""
     n_states = length // segment_size
     rows = tiling.grouped_rows(length, n_states, top_k)
     tiles = -(-length * min(top_k, n_states) // rows)

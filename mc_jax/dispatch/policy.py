@@ -21,14 +21,14 @@ from mc_jax.ops.stages import Stages
 # The kernels ``impl="pallas"`` uses (linear memories, whole-sequence form).
 KERNELS = frozenset({"chunk_state", "cache_read_dense", "cache_read_sparse"})
 # Exact XLA algorithms ``impl="auto"`` uses on every backend (after any enabled kernel): reads that do no work for
-# states a token cannot see (mc_jax.ops.reads_causal), ssc's read as a grouped matmul over the rows sorted by state
-# (mc_jax.ops.reads_grouped, matrix memories) and, for linear memories, the segment-gated quadratic form
-# (mc_jax.ops.reads_quadratic) where it has fewer FLOPs than the state read (mc_jax.dispatch.cost). They apply by
-# shape (``TABLE``'s ``applies``); fewer FLOPs than the dense read whenever they apply. ``impl="xla"`` keeps the
-# dense reference reads. The fused gate softmax + read (mc_jax.ops.reads_gated) removes the [B, T, H, N] weights and
-# their memory-bound pass where the quadratic form does not apply.
-ALGORITHMS = frozenset({"residual_prefix", "sparse_grouped", "sparse_gather", "causal_read", "blocked_residual",
-                        "quadratic", "fused_gate_read"})
+# states a token cannot see (mc_jax.ops.reads_causal), ssc over matrix memories as a per-block top-k choice and a
+# grouped matmul over the rows sorted by state (mc_jax.ops.reads_grouped) and, for linear memories, the
+# segment-gated quadratic form (mc_jax.ops.reads_quadratic) where it has fewer FLOPs than the state read
+# (mc_jax.dispatch.cost). They apply by shape (``TABLE``'s ``applies``); fewer FLOPs than the dense read whenever
+# they apply. ``impl="xla"`` keeps the dense reference reads. The fused gate softmax + read (mc_jax.ops.reads_gated)
+# removes the [B, T, H, N] weights and their memory-bound pass where the quadratic form does not apply.
+ALGORITHMS = frozenset({"residual_prefix", "sparse_gather", "causal_read", "blocked_residual", "quadratic",
+                        "fused_gate_read", "topk_gated_read"})
 AUTO_KERNELS: dict[str, dict[str, int]] = {
     "cpu": {},
     "gpu": {"cache_read_sparse": 64},

@@ -111,18 +111,6 @@ def _residual_applies(spec, what, stack, gamma, available, x, *, block, segment_
     return aggregation == "residual" and spec.family is LINEAR
 
 
-def sparse_grouped(spec, what, stack, gamma, available, x, *, block, segment_size, aggregation, top_k):
-    """ssc over matrix memories: the chosen (token, state) rows sorted by state, one product per (tile, state) pair
-    (:func:`mc_jax.ops.reads_grouped.grouped_read`; cost grows with ``top_k``, each state loaded once per tile)."""
-    rows = tiling.grouped_rows(x.shape[1], gamma.shape[-1], top_k)
-    return reads_grouped.grouped_read(stack, gamma, available, x, top_k=top_k, rows=rows)
-
-
-def _sparse_grouped_applies(spec, what, stack, gamma, available, x, *, block, segment_size, aggregation,
-                            top_k) -> bool:
-    return aggregation == "ssc" and cost.grouped_pays(x.shape[1], segment_size, top_k, x.shape[-1], stack.shape[-1])
-
-
 def sparse_gather(spec, what, stack, gamma, available, x, *, block, segment_size, aggregation, top_k):
     """ssc: per query block gather the states its tokens selected (cost grows with ``top_k``, not ``N``)."""
     return reads_causal.sparse_read(spec, what, stack, gamma, available, x, top_k=top_k,
@@ -185,6 +173,27 @@ def _fused_gate_applies(spec, cached, keys, u, q, y_online, online_layer, *, siz
             and not _enabled(stages.read_dense, "cache_read_dense") and not quadratic_first)
 
 
+def topk_gated_read(spec, cached, keys, u, q, y_online, online_layer, *, size, aggregation, top_k, stages,
+                    read_tokens=None):
+    """ssc over matrix memories, constant segmentation: the top-k choice per query block, the softmax over the chosen
+    logits only and the grouped read (:func:`mc_jax.ops.reads_grouped.topk_gated_read`); no ``[b, t, h, n]``
+    weights."""
+    length, n = q.shape[1], cached.pooled.shape[1]
+    return reads_grouped.topk_gated_read(q, u, online_logit(aggregation, u, keys), y_online, cached.pooled,
+                                         cached.memories, size=size, top_k=top_k,
+                                         block=tiling.topk_block(length, n),
+                                         rows=tiling.grouped_rows(length, n, top_k))
+
+
+def _topk_gated_applies(spec, cached, keys, u, q, y_online, online_layer, *, size, aggregation, top_k, stages,
+                        read_tokens=None) -> bool:
+    """ssc over the dense stack of matrix memories, unless the sparse read kernel is enabled (it reads the weights),
+    where the grouped read has fewer multiply-adds than the causal read."""
+    return (aggregation == "ssc" and cached.layout == "dense" and u is not None and not spec.family.deep
+            and not _enabled(stages.read_dense, "cache_read_sparse")
+            and cost.grouped_pays(q.shape[1], size, top_k, q.shape[-1], y_online.shape[-1]))
+
+
 # --- the segment-gated quadratic form (mc_jax.ops.reads_quadratic; whole-sequence form only) ---------------------
 # Aggregations it is exact for (soup equals grm for linear memories); not ssc: its gamma keeps top_k states per
 # token, and the quadratic form would still visit every (query, key) pair: dense work where ssc's point is k reads.
@@ -220,7 +229,6 @@ TABLE: dict[str, tuple[Implementation, ...]] = {
         Implementation("cache_read_sparse", pallas_read_sparse, applies=_sparse_applies),
         Implementation("cache_read_dense", pallas_read_dense, applies=_dense_applies),
         Implementation("residual_prefix", residual_prefix, applies=_residual_applies),
-        Implementation("sparse_grouped", sparse_grouped, families=(LINEAR, SWLA), applies=_sparse_grouped_applies),
         Implementation("sparse_gather", sparse_gather, families=(LINEAR, SWLA, DEEP), applies=_sparse_gather_applies),
         Implementation("causal_read", causal_read, families=(LINEAR, SWLA, DEEP), applies=_causal_applies),
         Implementation(XLA, xla_read_dense, families=(), streaming=True),
@@ -235,6 +243,7 @@ TABLE: dict[str, tuple[Implementation, ...]] = {
     ),
     "weights_read": (
         Implementation("fused_gate_read", fused_gate_read, families=(LINEAR, SWLA), applies=_fused_gate_applies),
+        Implementation("topk_gated_read", topk_gated_read, families=(LINEAR, SWLA), applies=_topk_gated_applies),
         Implementation(XLA, xla_weights_read, families=()),
     ),
 }

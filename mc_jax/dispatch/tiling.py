@@ -36,6 +36,8 @@ CAUSAL_BLOCKS, CAUSAL_MAX_BLOCKS = 16, 64
 SPARSE_XLA_BLOCK_CAP = 8
 # Rows per tile of ssc's grouped read (mc_jax.ops.reads_grouped): one [rows, Dk] x [Dk, Dv] product per pair.
 GROUPED_ROWS_CAP = 64
+# Logits per head of one query block of ssc's top-k choice (mc_jax.ops.reads_grouped.top_states): transient.
+TOPK_LOGITS_BUDGET = 1 << 15
 
 
 def causal_block(length: int, segment_size: int, width: int) -> int:
@@ -64,6 +66,12 @@ def grouped_rows(length: int, n_states: int, top_k: int) -> int:
     while rows * 2 <= min(GROUPED_ROWS_CAP, length * top_k // max(n_states, 1)):
         rows *= 2
     return rows
+
+
+def topk_block(length: int, n_states: int) -> int:
+    """Query rows per block of ssc's per-block top-k choice: the largest divisor of the length whose ``[block, N]``
+    logits per head stay within :data:`TOPK_LOGITS_BUDGET`."""
+    return largest_divisor_at_most(length, max(1, TOPK_LOGITS_BUDGET // max(n_states, 1)))
 
 
 def sparse_xla_pays(segment_size: int, top_k: int, n_states: int) -> bool:

@@ -1,26 +1,28 @@
-"""ssc's read of matrix memories as a grouped matmul: every state is read once per block of the rows that chose it.
+"""ssc over matrix memories without ``[b, t, h, n]`` weights: a top-k choice per query block and a grouped matmul.
 
-ssc keeps at most ``top_k`` cached states per token, so its read ``y_t = sum_{i in top(t)} gamma_ti S_i^T q_t`` has
-``T * top_k`` useful (token, state) products. Gathering the chosen states per query block
-(:func:`mc_jax.ops.reads_causal.sparse_read`) loads a ``[Dk, Dv]`` state for every such product and reads each
-gathered state with every row of its block. Here the ``T * top_k`` rows ``gamma_ti q_t`` are sorted by the state
-they chose, as a mixture-of-experts layer sorts tokens by expert, so the rows of one state are contiguous:
+ssc keeps at most ``top_k`` cached states per token: ``y_t = g_on y_on + sum_{i in top(t)} g_i S_i^T q_t``, the
+softmax over the online logit and the chosen logits ``<u_t, pooled_i>``. The dense path forms every logit and weight
+``[b, t, h, n]`` and reads every visible state (or, :func:`mc_jax.ops.reads_causal.sparse_read`, gathers a
+``[Dk, Dv]`` state for every chosen pair and reads it with every row of its query block). Here:
 
-* cut the sorted rows into tiles of ``rows``; a *pair* is one (tile, state) run inside a tile. A tile starts a pair
-  and so does every change of state along the sorted rows, so there are at most ``tiles + N`` pairs whatever the
-  routing: a static bound, data-dependent contents;
-* per pair, one ``[rows, Dk] x [Dk, Dv]`` product of the tile with the pair's state, the rows of other pairs
-  selected away (before and after the product, so a non-finite state reaches only the rows that chose it, forward
-  and backward);
-* each row takes its output from its own pair, and the rows go back to token order and are summed over the choices.
+* :func:`top_states` -- the choice, per query block: the block's ``[block, n]`` logits are transient, only the
+  ``[b, t, h, top_k]`` indices are kept;
+* :func:`topk_gated_read` -- the chosen logits recomputed from the gathered pooled keys (their gradient reaches
+  ``u`` and the keys through the gather), the softmax over ``top_k + 1`` logits, and
+* :func:`read_chosen` -- the read as a grouped matmul, as a mixture-of-experts layer sorts tokens by expert. The
+  ``T * top_k`` rows ``g_ti q_t`` are sorted by the state they chose and cut into tiles of ``rows``; a *pair* is one
+  (tile, state) run. A tile starts a pair and so does every change of state along the sorted rows, so there are at
+  most ``tiles + N`` pairs whatever the routing (a static bound, data-dependent contents). Per pair, one ``[rows,
+  Dk] x [Dk, Dv]`` product of the tile with the pair's state, the rows of other pairs selected away before and after
+  it (so a non-finite state reaches only the rows that chose it, forward and backward); each row takes its output
+  from its own pair, and the rows go back to token order and are summed over the choices.
 
-Work: ``(T * top_k + N * rows) * Dk * Dv`` multiply-adds and ``tiles + N`` state loads per (batch, head), against
-``T * N / 2 * Dk * Dv`` for the causal dense read, so the cost grows with ``top_k``, not with the number of states.
-The sort and the pair bookkeeping carry no gradient (routing indices); autodiff of the gathers and the batched
-product gives the cotangents of ``q``, ``gamma`` and the states.
+Work per (batch, head): ``T * N * Dk`` for the transient logits, ``(T * top_k + N * rows) * Dk * Dv`` multiply-adds
+and ``tiles + N`` state loads for the read, against ``T * N / 2 * Dk * Dv`` for the causal dense read: the read's
+cost grows with ``top_k``, not with the number of states. The choice, the sort and the pair bookkeeping are integer
+routing (no gradient); autodiff of the gathers, the softmax and the batched product gives the cotangents.
 
-Layouts as in :mod:`mc_jax.ops.reads`: the stack ``[b, n, h, dk, dv]``, ``gamma`` / ``available`` ``[b, t, h, n]``,
-``q`` ``[b, t, h, dk]``.
+Layouts as in :mod:`mc_jax.ops.reads`: stacks ``[b, n, h, ...]``, per-token arrays ``[b, t, h, ...]``.
 """
 
 from __future__ import annotations
@@ -29,21 +31,6 @@ import jax
 import jax.numpy as jnp
 
 from mc_jax.typing import Array, Bool, Float, Int
-
-
-def _chosen_rows(q: Float[Array, "g t k"], gamma: Float[Array, "g t n"], available: Bool[Array, "g t n"],
-                 top_k: int):
-    """Each token's at most ``top_k`` live states (available, nonzero weight) as rows ``gamma q``: ``(rows [g, t c,
-    dk], state [g, t c])`` with ``c = min(top_k, n)`` and state ``n`` (a sentinel) where a token has fewer."""
-    n = gamma.shape[-1]
-    live = available & (gamma != 0)
-    score = jnp.where(live, jnp.abs(jax.lax.stop_gradient(gamma)), -1.0)
-    _, choice = jax.lax.top_k(score, min(top_k, n))  # t c
-    valid = jnp.take_along_axis(live, choice, -1)
-    weight = jnp.where(valid, jnp.take_along_axis(gamma, choice, -1), 0.0)
-    rows = weight[..., None] * q[..., None, :]  # g t c k
-    g = q.shape[0]
-    return rows.reshape(g, -1, q.shape[-1]), jnp.where(valid, choice, n).reshape(g, -1)
 
 
 def _pairs(state: Int[Array, "g m"], rows: int, n: int):
@@ -65,11 +52,13 @@ def _flat_take(a: Array, index: Int[Array, "g ..."]) -> Array:
     return a.reshape(g * m, *a.shape[2:])[index + offset]
 
 
-def _grouped(q: Float[Array, "g t k"], gamma: Float[Array, "g t n"], available: Bool[Array, "g t n"],
-             states: Float[Array, "g n k v"], *, top_k: int, rows: int) -> Float[Array, "g t v"]:
-    """:func:`grouped_read` over ``g`` independent (batch, head) groups."""
-    g, t, n = gamma.shape
-    chosen, state = _chosen_rows(q, gamma, available, top_k)  # g m k, g m
+def _grouped(q: Float[Array, "g t k"], choice: Int[Array, "g t c"], weight: Float[Array, "g t c"],
+             states: Float[Array, "g n k v"], *, rows: int) -> Float[Array, "g t v"]:
+    """:func:`read_chosen` over ``g`` independent (batch, head) groups."""
+    g, t, _ = choice.shape
+    n = states.shape[1]
+    chosen = (weight[..., None] * q[..., None, :]).reshape(g, -1, q.shape[-1])  # the rows gamma q, g (t c) k
+    state = jnp.where(weight != 0, choice, n).reshape(g, -1)  # n: a sentinel for an empty slot
     used = chosen.shape[1]
     pad = -used % rows
     order = jnp.argsort(state, axis=-1, stable=True)
@@ -88,11 +77,60 @@ def _grouped(q: Float[Array, "g t k"], gamma: Float[Array, "g t n"], available: 
     return y.reshape(g, t, -1, y.shape[-1]).sum(2)
 
 
-def grouped_read(stack: Float[Array, "b n h dk dv"], gamma: Float[Array, "b t h n"], available: Bool[Array, "b t h n"],
-                 q: Float[Array, "b t h dk"], *, top_k: int, rows: int) -> Float[Array, "b t h dv"]:
-    """``y_t = sum_i gamma_ti S_i^T q_t`` over each token's at most ``top_k`` live states (available, ``gamma != 0``:
-    ssc's weights), as a grouped matmul over the rows sorted by state (tiles of ``rows``)."""
+def _groups(a: Array) -> Array:
+    """``[b, t, h, ...] -> [(b h), t, ...]``."""
+    return jnp.moveaxis(a, 2, 1).reshape(a.shape[0] * a.shape[2], a.shape[1], *a.shape[3:])
+
+
+def read_chosen(stack: Float[Array, "b n h dk dv"], choice: Int[Array, "b t h c"], weight: Float[Array, "b t h c"],
+                q: Float[Array, "b t h dk"], *, rows: int) -> Float[Array, "b t h dv"]:
+    """``y_t = sum_c weight_tc S_{choice_tc}^T q_t`` as a grouped matmul over the rows sorted by state (tiles of
+    ``rows``); a slot of weight 0 is dropped (never multiplied)."""
     b, t, h = q.shape[:3]
-    groups = lambda a: jnp.moveaxis(a, 2, 1).reshape(b * h, *a.shape[1:2], *a.shape[3:])  # (b h) t ...
-    y = _grouped(groups(q), groups(gamma), groups(available), groups(stack), top_k=top_k, rows=rows)
+    y = _grouped(_groups(q), _groups(choice), _groups(weight), _groups(stack), rows=rows)
     return jnp.moveaxis(y.reshape(b, h, t, -1), 1, 2)
+
+
+# --- ssc without the [b, t, h, n] weights ----------------------------------------------------------------------
+def top_states(u: Float[Array, "b t h dk"], pooled: Float[Array, "b n h dk"], *, size: int, top_k: int,
+               block: int) -> tuple[Int[Array, "b t h c"], Bool[Array, "b t h c"]]:
+    """Each token's ``c = min(top_k, n)`` largest logits ``<u_t, pooled_i>`` among the states it sees (``i < t //
+    size``), per query block of ``block`` tokens (the block's ``[block, n]`` logits are transient): ``(choice,
+    visible)``. The same selection as :func:`mc_jax.ops.aggregation.topk_mask` (same masked scores, same
+    ``lax.top_k``); routing, so no gradient."""
+    b, t, h, _ = u.shape
+    n = pooled.shape[1]
+    u, pooled = jax.lax.stop_gradient(u), jax.lax.stop_gradient(pooled)
+
+    def one(start):
+        ub = jax.lax.dynamic_slice_in_dim(u, start, block, axis=1)
+        sees = (jnp.arange(n)[None, :] < ((start + jnp.arange(block)) // size)[:, None])[None, :, None]  # 1 c 1 n
+        logits = jnp.where(sees, jnp.einsum("bchd,bnhd->bchn", ub, pooled), -jnp.inf)
+        _, choice = jax.lax.top_k(logits, min(top_k, n))
+        return choice, jnp.take_along_axis(jnp.broadcast_to(sees, logits.shape), choice, -1)
+
+    choice, visible = jax.lax.map(one, jnp.arange(0, t, block))  # nb b c h k
+    merge = lambda a: jnp.moveaxis(a, 0, 1).reshape(b, t, h, -1)
+    return merge(choice), merge(visible)
+
+
+def topk_gated_read(q: Float[Array, "b t h dk"], u: Float[Array, "b t h dk"], online_logit: Float[Array, "b t h"],
+                    y_online: Float[Array, "b t h dv"], pooled: Float[Array, "b n h dk"],
+                    states: Float[Array, "b n h dk dv"], *, size: int, top_k: int, block: int,
+                    rows: int) -> Float[Array, "b t h dv"]:
+    """ssc over matrix memories, whole sequence: ``y_t = g_on y_on + sum_{i in top(t)} g_i S_i^T q_t`` with the
+    softmax over the online logit and the chosen logits only.
+
+    The choice is made per query block (:func:`top_states`); the chosen logits are recomputed from the gathered
+    pooled keys, ``<u_t, pooled_{choice}>`` (``[b, t, h, c]``: their gradient reaches ``u`` and the pooled keys
+    through the gather), so no ``[b, t, h, n]`` array is formed forward or backward: ``T * N * Dk`` for the
+    transient logits and ``T * top_k`` for everything kept.
+    """
+    choice, visible = top_states(u, pooled, size=size, top_k=top_k, block=block)
+    b, t, h = q.shape[:3]
+    pooled_chosen = _flat_take(_groups(pooled), _groups(choice))  # (b h) t c dk
+    logits = jnp.einsum("bthd,bhtcd->bthc", u, pooled_chosen.reshape(b, h, *pooled_chosen.shape[1:]))
+    full = jnp.concatenate([online_logit[..., None], jnp.where(visible, logits, -jnp.inf)], axis=-1)
+    gamma = jax.nn.softmax(full, axis=-1)
+    weight = jnp.where(visible, gamma[..., 1:], 0.0)
+    return gamma[..., :1] * y_online + read_chosen(states, choice, weight, q, rows=rows)

@@ -35,7 +35,7 @@ def _call(inputs, config, impl, top_k=2):
 
 def test_auto_enables_the_algorithms():
     names = resolve_impl("auto", get_memory("linear"), streaming=False, head_dim=64)
-    assert {"residual_prefix", "sparse_grouped", "sparse_gather", "causal_read", "blocked_residual"} <= names
+    assert {"residual_prefix", "topk_gated_read", "sparse_gather", "causal_read", "blocked_residual"} <= names
     assert not resolve_impl("xla", get_memory("linear"), streaming=False)
     assert "causal_read" not in resolve_impl("auto", get_memory("linear"), streaming=True)
 
@@ -52,7 +52,7 @@ def test_ssc_takes_the_grouped_read_for_matrix_memories_and_the_gather_for_deep_
             return fn(*args, **kwargs)
         return counted
 
-    monkeypatch.setattr(reads_grouped, "grouped_read", spy("grouped", reads_grouped.grouped_read))
+    monkeypatch.setattr(reads_grouped, "read_chosen", spy("grouped", reads_grouped.read_chosen))
     monkeypatch.setattr(reads_causal, "sparse_read", spy("gather", reads_causal.sparse_read))
     for length, top_k in ((19, 2), (11, 1)):
         _call(make_inputs(memory, batch=1, length=length), (memory, "ssc", LAYOUTS[1]), "auto", top_k=top_k)

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import pytest
 
 from mc_jax.ops import init_cache, memory_caching, reads_grouped
-from mc_jax.ops.reads_grouped import grouped_read
+from mc_jax.ops.reads_grouped import read_chosen
 from tests.helpers.op_inputs import AGGREGATION_NAMES, make_inputs, slice_time
 from tests.helpers.tolerances import assert_close
 
@@ -163,7 +163,7 @@ def test_ssc_over_many_segments_takes_the_grouped_read_and_equals_definition(x64
     """Segments of 2 tokens: ``impl="auto"`` reads ssc as the grouped matmul (``mc_jax.ops.reads_grouped``); its
     outputs and the gradients of every input equal the definition."""
     calls = []
-    monkeypatch.setattr(reads_grouped, "grouped_read", lambda *a, **k: calls.append(1) or grouped_read(*a, **k))
+    monkeypatch.setattr(reads_grouped, "read_chosen", lambda *a, **k: calls.append(1) or read_chosen(*a, **k))
     inputs = swla_inputs(batch=1, length=13)
     mc = lambda a, impl: memory_caching(**a, memory="swla", aggregation="ssc", segment_size=2, chunk_size=2, top_k=1,
                                         impl=impl)
