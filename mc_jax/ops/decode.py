@@ -27,7 +27,7 @@ from mc_jax.ops import aggregation as agg
 from mc_jax.ops.cache import Chunk, MCCache, append_step, masked_keys
 from mc_jax.ops.memories import MemorySpec
 from mc_jax.ops.stages import XLA_STAGES, Stages, combine, online_reader
-from mc_jax.ops.utils import state_dtype
+from mc_jax.ops.utils import state_dtype, take_per_group
 from mc_jax.typing import Array, Float, PyTree
 
 
@@ -76,10 +76,9 @@ def _gather_top_k(slots: PyTree, gamma: Float[Array, "b h m"], logits, available
     _, idx = jax.lax.top_k(jax.lax.stop_gradient(masked), top_k)  # b h k: the slots agg.topk_mask keeps
     b, h, _ = logits.shape
 
-    def take(s):  # whole [..] slot rows of the flattened [b * h * M, ...] cache (contiguous, batch-major)
-        rows = (jnp.arange(b)[:, None, None] * h + jnp.arange(h)[None, :, None]) * s.shape[2] + idx
-        flat = s.reshape((-1,) + s.shape[3:])
-        return jnp.take(flat, rows.reshape(-1), axis=0, mode="clip").reshape(b, h, top_k, *s.shape[3:])
+    def take(s):  # whole slot rows of the cache as [b * h, M, ...] (contiguous, batch-major)
+        rows = take_per_group(s.reshape(b * h, *s.shape[2:]), idx.reshape(b * h, top_k))
+        return rows.reshape(b, h, top_k, *s.shape[3:])
 
     return jax.tree.map(take, slots), jnp.take_along_axis(gamma, idx, axis=-1)
 

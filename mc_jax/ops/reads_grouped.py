@@ -30,6 +30,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from mc_jax.ops.utils import take_per_group
 from mc_jax.typing import Array, Bool, Float, Int
 
 
@@ -43,13 +44,6 @@ def _pairs(state: Int[Array, "g m"], rows: int, n: int):
     first = jax.vmap(jnp.searchsorted, in_axes=(0, None))(pair, jnp.arange(m // rows + n))
     first = jnp.minimum(first, m - 1)
     return pair, first // rows, jnp.take_along_axis(state, first, -1)
-
-
-def _flat_take(a: Array, index: Int[Array, "g ..."]) -> Array:
-    """``a[g, index[g, ...]]`` for every group ``g`` as one gather over the flattened leading axes."""
-    g, m = a.shape[:2]
-    offset = (jnp.arange(g) * m).reshape((g,) + (1,) * (index.ndim - 1))
-    return a.reshape(g * m, *a.shape[2:])[index + offset]
 
 
 def _grouped(q: Float[Array, "g t k"], choice: Int[Array, "g t c"], weight: Float[Array, "g t c"],
@@ -66,13 +60,13 @@ def _grouped(q: Float[Array, "g t k"], choice: Int[Array, "g t c"], weight: Floa
     state = jnp.pad(jnp.take_along_axis(state, order, 1), ((0, 0), (0, pad)), constant_values=n)
     pair, pair_tile, pair_state = _pairs(state, rows, n)
     n_pairs = pair_tile.shape[1]
-    owned = (_flat_take(pair.reshape(g, -1, rows), pair_tile) == jnp.arange(n_pairs)[:, None]) & (
+    owned = (take_per_group(pair.reshape(g, -1, rows), pair_tile) == jnp.arange(n_pairs)[:, None]) & (
         pair_state < n)[..., None]  # g p rows
-    lhs = jnp.where(owned[..., None], _flat_take(chosen.reshape(g, -1, rows, chosen.shape[-1]), pair_tile), 0.0)
-    rhs = _flat_take(states, jnp.minimum(pair_state, n - 1))  # g p k v
+    lhs = jnp.where(owned[..., None], take_per_group(chosen.reshape(g, -1, rows, chosen.shape[-1]), pair_tile), 0.0)
+    rhs = take_per_group(states, jnp.minimum(pair_state, n - 1))  # g p k v
     out = jnp.where(owned[..., None], jnp.einsum("gprk,gpkv->gprv", lhs, rhs), 0.0)
     flat = pair * rows + jnp.arange(pair.shape[1]) % rows  # each row from its own pair
-    sorted_y = _flat_take(out.reshape(g, n_pairs * rows, -1), flat[:, :used])
+    sorted_y = take_per_group(out.reshape(g, n_pairs * rows, -1), flat[:, :used])
     y = jnp.zeros_like(sorted_y).at[jnp.arange(g)[:, None], order].set(sorted_y, unique_indices=True)
     return y.reshape(g, t, -1, y.shape[-1]).sum(2)
 
@@ -128,7 +122,7 @@ def topk_gated_read(q: Float[Array, "b t h dk"], u: Float[Array, "b t h dk"], on
     """
     choice, visible = top_states(u, pooled, size=size, top_k=top_k, block=block)
     b, t, h = q.shape[:3]
-    pooled_chosen = _flat_take(_groups(pooled), _groups(choice))  # (b h) t c dk
+    pooled_chosen = take_per_group(_groups(pooled), _groups(choice))  # (b h) t c dk
     logits = jnp.einsum("bthd,bhtcd->bthc", u, pooled_chosen.reshape(b, h, *pooled_chosen.shape[1:]))
     full = jnp.concatenate([online_logit[..., None], jnp.where(visible, logits, -jnp.inf)], axis=-1)
     gamma = jax.nn.softmax(full, axis=-1)

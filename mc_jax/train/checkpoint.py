@@ -104,11 +104,11 @@ def manifest_problem(step_dir: str | os.PathLike[str]) -> str | None:
     return None
 
 
-
 def sync_processes(name: str) -> None:
     """A barrier of every process of a multi-process run (nothing in a single-process one)."""
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices(name)
+
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, corrupted, partial or written for a different config."""
