@@ -235,8 +235,8 @@ def _headline(result: dict[str, Any]) -> str:
 
 def model_rates(model: Job, lrs: tuple[float, ...]) -> tuple[float, ...]:
     """The rates ``model`` is trained at: its own ``lrs`` or the plan's; ``()`` when it takes another group's
-    chosen rate (``lr_from``, with a plan that sweeps)."""
-    if model.lr_from is not None and len(lrs) > 1:
+    chosen rate (``lr_from``; that group is swept over the plan's rates or its own)."""
+    if model.lr_from is not None:
         return ()
     return model.lrs or lrs
 

@@ -196,6 +196,9 @@ def verdict(name: str, summary: dict[str, dict[str, Any]]) -> list[str]:
             better = s["mc"]["mean"] < s["none"]["mean"] if lower else s["mc"]["mean"] > s["none"]["mean"]
             out.append(f"MC {'better' if better else 'not better'} than no caching "
                        f"({s['mc']['mean']:.3f} vs {s['none']['mean']:.3f})")
+        if name == "e2" and "attention_4x" in s:
+            equal = f"; at MC's steps attention {s['attention']['mean']:.3f}" if "attention" in s else ""
+            out.append(f"ceiling: attention trained 4x longer {s['attention_4x']['mean']:.3f}{equal}")
     elif name == "e3":
         for needle in sorted({g.split("-")[0] for g in s}):
             vals = {v: s[f"{needle}-{v}"]["mean"] for v in ("base", "mc", "posttrain", "base_ft", "posttrain_ft")

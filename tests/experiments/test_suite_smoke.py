@@ -131,9 +131,13 @@ def test_lr_sweep_budget_cut_and_run_order(tmp_path, monkeypatch):
         jobs_mod.lr_sweep([dataclasses.replace(a, lr_from="zz")], (0,), jobs_mod.LRS, tmp_path, 1)
     calls.clear()  # one plan rate, one model with rates of its own: only that model is swept
     e = dataclasses.replace(jobs_mod.Job("e", "e", None, (), 0), lrs=jobs_mod.LRS)
-    out = jobs_mod.lr_sweep([a, e], (0,), (3e-3,), tmp_path, 1)
+    f = dataclasses.replace(jobs_mod.Job("e", "f", None, (), 0), lr_from="e")  # e's chosen rate, not the plan's
+    fake = {1e-3: 0.1, 3e-3: 0.2, 1e-2: 0.7}
+    monkeypatch.setattr(jobs_mod, "run_jobs", lambda todo, *a, **k: calls.append([j.id for j in todo]) or [
+        jobs_mod.Outcome(j, {"accuracy": fake[j.lr]}) for j in todo])
+    out = jobs_mod.lr_sweep([a, e, f], (0,), (3e-3,), tmp_path, 1)
     assert sorted(calls[0]) == sorted(f"e-lr{lr:g}-s100" for lr in jobs_mod.LRS)
-    assert calls[1] == ["a-lr0.003-s0", "e-lr0.001-s0"] and len(out) == 3 + 2
+    assert calls[1] == ["a-lr0.003-s0", "e-lr0.01-s0", "f-lr0.01-s0"] and len(out) == 3 + 3
 
 
 def test_worker_starts_no_job_after_the_suite_is_gone(tmp_path, monkeypatch):
@@ -164,9 +168,11 @@ def test_post_training_fine_tune_starts_from_the_base_checkpoint(tmp_path):
 
 
 def test_estimate_counts_the_planned_runs_and_schedules_them():
-    runs = budget.planned_runs(EXPERIMENTS["e2"](False))  # 3 models, 2 seeds; only attention sweeps (its own lrs)
-    assert [sum(r.phase == p for r in runs) for p in ("sweep", "final", "after")] == [3, 6, 0]
+    runs = budget.planned_runs(EXPERIMENTS["e2"](False))  # 4 models, 2 seeds; only attention sweeps (its own lrs)
+    assert [sum(r.phase == p for r in runs) for p in ("sweep", "final", "after")] == [3, 8, 0]
     assert {r.job.group for r in runs if r.phase == "sweep"} == {"attention"}
+    seconds = {r.job.group: r.seconds - budget.RUN_OVERHEAD for r in runs if r.phase == "final"}
+    assert seconds["attention_4x"] == pytest.approx(4 * seconds["attention"], rel=0.01)  # 4x the steps, same eval
     e1 = budget.planned_runs(plan_of("e1"))  # the core: lr sweep of linear none / grm and attention on seed 100
     assert [sum(r.phase == p for r in e1) for p in ("sweep", "final", "after")] == [9, 21, 0]  # (2 x 3 + 1) x 3
     e3 = budget.planned_runs(EXPERIMENTS["e3"](False))
