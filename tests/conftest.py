@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 # XLA:CPU without its fusion emitters (much faster compiles of the many tiny test programs; numerics unchanged), and
 # 8 simulated CPU devices for the sharding tests (chex.set_n_cpu_devices, below). Before any JAX backend starts.
@@ -11,8 +12,7 @@ os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 # them in subprocesses): a persistent compilation cache shared by the workers and the processes they start compiles
 # each once per checkout (inherited through the environment; keyed by program, flags and versions). Every entry is
 # kept (by default only compiles over a second are). tests/test_xla_cpu.py runs its fresh processes without it.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))), ".cache", "jax-compile"))
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path(__file__).resolve().parents[1] / ".cache" / "jax-compile"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
