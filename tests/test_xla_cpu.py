@@ -61,7 +61,7 @@ _SCRIPT = textwrap.dedent("""
 
 
 def test_jitted_single_chunk_reduction_is_right_in_fresh_processes():
-    # each process compiles for itself (no persistent cache: the miscompilation was a property of a compile)
+    # each process compiles for itself (never from a persistent cache: the miscompilation was a property of a compile)
     drop = ("XLA_FLAGS", "JAX_DISABLE_MOST_OPTIMIZATIONS", "JAX_COMPILATION_CACHE_DIR")
     env = {k: v for k, v in os.environ.items() if k not in drop}
     env["JAX_PLATFORMS"] = "cpu"
