@@ -217,13 +217,17 @@ def e4(quick: bool) -> Plan:
     base = (_quick_train() if quick else ("train.steps=1500",)) + (
         "train.task.kind=text", f"train.task.path={path}", f"train.task.seq_len={64 if quick else 256}",
         "train.task.eval_examples=" + ("8" if quick else "64"))
-    models = [Job("e4", name, "tiny", base + ov, 0, evaluate="lm", extra=(("bucket", 16 if quick else 32),))
-              for name, ov in (("mc", ()), ("none", ("model.mixer.kind=none",)),
-                               ("attention", ("model.mixer.kind=attention",)))]
+    variants = (("mc", ()), ("none", ("model.mixer.kind=none",)), ("attention", ("model.mixer.kind=attention",)))
+    bucket = (("bucket", 16 if quick else 32),)
+    models = [Job("e4", name, "tiny", base + ov, 0, evaluate="lm", extra=bucket) for name, ov in variants]
+    # tier 1: the same models, each at its own rate from LRS on the validation seed (is 3e-3 what held MC back?)
+    models += [] if quick else [Job("e4", f"{name}_swept", "tiny", base + ov, 0, evaluate="lm", extra=bucket,
+                                    lrs=LRS, tier=1) for name, ov in variants]
     corpus = "the Shakespeare corpus" if path else "the shipped tiny corpus (run the prepare command for Shakespeare)"
     return Plan(models, (0,) if quick else (0, 1), (3e-3,),
-                notes=[f"byte-level LM on {corpus}, tiny preset (2 layers, d_model 64), equal tokens, lr 3e-3 for "
-                       "every model (budget cut: no sweep)"])
+                notes=[f"byte-level LM on {corpus}, tiny preset (2 layers, d_model 64), equal tokens; mc / none / "
+                       "attention at lr 3e-3 (the budgeted core: no sweep); <model>_swept (--extended): the same "
+                       "model at its rate from {1e-3, 3e-3, 1e-2} on seed 100 (lowest bits per byte)"])
 
 
 # ---- E5: ablation (the paper's Table 5, on stacked MQAR kv = 32) -----------------------------------------------------

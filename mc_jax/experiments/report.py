@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from mc_jax.experiments.definitions import TITLES
-from mc_jax.experiments.jobs import VALIDATION_SEED, Outcome
+from mc_jax.experiments.jobs import VALIDATION_SEED, Outcome, score
 
 # What the paper reports for the same comparisons (arXiv 2602.24281, from the project's EVALUATION.md; [S] =
 # secondary transcription), and the check our numbers are held to.
@@ -113,6 +113,26 @@ def table(name: str, summary: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def sweep_table(outcomes: list[Outcome]) -> str:
+    """The learning-rate sweeps on :data:`VALIDATION_SEED`: a row per swept model, a column per rate ("" if none)."""
+    runs = {(o.job.group, o.job.lr): o for o in outcomes if o.job.seed == VALIDATION_SEED}
+    if not runs:
+        return ""
+    lrs = sorted({lr for _, lr in runs})
+    lm = any(o.result.get("bits_per_byte") is not None for o in runs.values())
+    fmt = (lambda x: f"{x:.3f}") if lm else (lambda x: f"{100 * x:.1f}")
+    lines = [f"Learning-rate sweep on seed {VALIDATION_SEED} ({'bits/byte' if lm else 'accuracy %'}; * the rate "
+             "taken):", "", "| model | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |",
+             "|---|" + "---|" * len(lrs)]
+    for group in sorted({g for g, _ in runs}):
+        mine = [runs[(group, lr)] for lr in lrs if (group, lr) in runs]
+        best = max(mine, key=lambda o: score(o.result)).job.lr
+        cells = [("failed" if "error" in o.result else fmt(_value(o))) + ("*" if lr == best else "")
+                 if (o := runs.get((group, lr))) else "" for lr in lrs]
+        lines.append(f"| {group} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plots(name: str, summary: dict[str, dict[str, Any]], folder: Path) -> list[Path]:
     import matplotlib
 
@@ -192,10 +212,12 @@ def verdict(name: str, summary: dict[str, dict[str, Any]]) -> list[str]:
             out.append("ranked: " + ", ".join(f"{g.split('-', 2)[2]} {100 * s[g]['mean']:.1f}" for g in cached))
     elif name in ("e2", "e4"):
         lower = name == "e4"
-        if "mc" in s and "none" in s:
-            better = s["mc"]["mean"] < s["none"]["mean"] if lower else s["mc"]["mean"] > s["none"]["mean"]
-            out.append(f"MC {'better' if better else 'not better'} than no caching "
-                       f"({s['mc']['mean']:.3f} vs {s['none']['mean']:.3f})")
+        for mc, none in (("mc", "none"), ("mc_swept", "none_swept")):
+            if mc in s and none in s:
+                better = s[mc]["mean"] < s[none]["mean"] if lower else s[mc]["mean"] > s[none]["mean"]
+                rates = f" at lr {s[mc]['lr']:g} / {s[none]['lr']:g}" if mc.endswith("_swept") else ""
+                out.append(f"MC {'better' if better else 'not better'} than no caching{rates} "
+                           f"({s[mc]['mean']:.3f} vs {s[none]['mean']:.3f})")
         if name == "e2" and "attention_4x" in s:
             equal = f"; at MC's steps attention {s['attention']['mean']:.3f}" if "attention" in s else ""
             out.append(f"ceiling: attention trained 4x longer {s['attention_4x']['mean']:.3f}{equal}")
@@ -230,8 +252,9 @@ def write(name: str, outcomes: list[Outcome], notes: list[str], results_dir: Pat
     folder = results_dir / name
     folder.mkdir(parents=True, exist_ok=True)
     summary = summarise(outcomes)
-    text = "\n".join([f"# {TITLES[name]}", "", *notes, "", table(name, summary), "", "Paper: " + PAPER[name], "",
-                      *[f"- {v}" for v in verdict(name, summary)]]) + "\n"
+    sweep = sweep_table(outcomes)
+    text = "\n".join([f"# {TITLES[name]}", "", *notes, "", table(name, summary), "", *([sweep, ""] if sweep else []),
+                      "Paper: " + PAPER[name], "", *[f"- {v}" for v in verdict(name, summary)]]) + "\n"
     (folder / "table.md").write_text(text)
     pngs = plots(name, summary, folder)
     (folder / "summary.json").write_text(json.dumps({"summary": summary, "notes": notes,
@@ -262,4 +285,4 @@ def write_overview(results_dir: Path, path: Path, preface: str = "") -> Path:
     return path
 
 
-__all__ = ["PAPER", "gap_closed", "plots", "summarise", "table", "verdict", "write", "write_overview"]
+__all__ = ["PAPER", "gap_closed", "plots", "summarise", "sweep_table", "table", "verdict", "write", "write_overview"]

@@ -13,7 +13,7 @@ import pytest
 from mc_jax.experiments import budget, report
 from mc_jax.experiments.definitions import CORE_TIER, EXPERIMENTS, plan_of
 from mc_jax.experiments.evaluation import transplant
-from mc_jax.experiments.jobs import Job, run_jobs
+from mc_jax.experiments.jobs import LRS, Job, Outcome, run_jobs
 from mc_jax.experiments.suite import main, run_experiment
 from mc_jax.models import create_model
 from mc_jax.train import load_run_config
@@ -101,6 +101,28 @@ def test_gap_closed_and_verdicts():
     assert report.gap_closed(s) == pytest.approx({"kv32-linear-grm": 0.5, "kv32-linear-grm_log": 0.125})
     text = " ".join(report.verdict("e1", s))
     assert "closes 50%" in text and "above Log-Linear++ (grm_log): grm" in text
+
+
+def test_sweep_table_marks_each_models_rate_and_the_e4_verdict_compares_the_swept_pair():
+    o = lambda group, lr, seed, r: Outcome(Job("e4", group, None, (), seed, lr=lr), r)
+    runs = [o("mc_swept", 1e-3, 100, {"bits_per_byte": 2.7}), o("mc_swept", 1e-2, 100, {"bits_per_byte": 2.4}),
+            o("none_swept", 1e-3, 100, {"bits_per_byte": 2.5}), o("none_swept", 1e-2, 100, {"error": "nan"}),
+            o("mc_swept", 1e-2, 0, {"bits_per_byte": 2.3}), o("none_swept", 1e-3, 0, {"bits_per_byte": 2.6})]
+    text = report.sweep_table(runs)
+    assert "| lr 0.001 | lr 0.01 |" in text
+    assert "| mc_swept | 2.700 | 2.400* |" in text and "| none_swept | 2.500* | failed |" in text
+    assert report.sweep_table(runs[4:]) == ""  # no validation-seed runs: no table
+    verdict = report.verdict("e4", report.summarise(runs))
+    assert verdict == ["MC better than no caching at lr 0.01 / 0.001 (2.300 vs 2.600)"]
+
+
+def test_e4_sweeps_each_model_only_in_the_extended_plan():
+    core, whole = plan_of("e4"), plan_of("e4", extended=True)
+    assert [m.group for m in core.models] == ["mc", "none", "attention"] and core.lrs == (3e-3,)
+    swept = [m for m in whole.models if m.group.endswith("_swept")]
+    assert [m.group for m in swept] == ["mc_swept", "none_swept", "attention_swept"]
+    assert all(m.lrs == LRS and m.tier == 1 for m in swept)
+    assert [m.all_overrides() for m in swept] == [m.all_overrides() for m in core.models]  # the same models
 
 
 def test_lr_sweep_budget_cut_and_run_order(tmp_path, monkeypatch):
