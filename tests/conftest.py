@@ -24,3 +24,10 @@ def x64():
 
     with jax.enable_x64(True):
         yield
+
+
+def pytest_collection_modifyitems(config, items):
+    """The ``slow`` tests first (stable order otherwise): xdist hands out tests in collection order, so the long
+    ones (subprocess runs, the README, the wheel) start early and the short ones fill in around them, instead of a
+    long test starting last while the other worker has nothing left."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
