@@ -31,12 +31,17 @@ import numpy as np
 from mc_jax.typing import Array, Float, Int
 
 
-def _keys(tokens: np.ndarray, n: int, vocab: int) -> np.ndarray:
-    """``[len - n + 1]`` integer codes of the n-grams of ``tokens`` (``sum_j t[i + j] vocab^(n - 1 - j)``)."""
-    out = np.zeros(len(tokens) - n + 1, np.int64)
-    for j in range(n):
-        out = out * vocab + tokens[j:len(tokens) - n + 1 + j]
+def _code(columns: list[np.ndarray], vocab: int) -> np.ndarray:
+    """Integer codes of token tuples given column by column, oldest first (``sum_j c_j vocab^(n - 1 - j)``)."""
+    out = np.zeros(len(columns[0]), np.int64)
+    for column in columns:
+        out = out * vocab + column
     return out
+
+
+def _keys(tokens: np.ndarray, n: int, vocab: int) -> np.ndarray:
+    """``[len - n + 1]`` codes of the n-grams of ``tokens``."""
+    return _code([tokens[j:len(tokens) - n + 1 + j] for j in range(n)], vocab)
 
 
 class NGramModel:
@@ -72,9 +77,7 @@ class NGramModel:
         p = (self.unigram[token] + 1.0) / (self.size + self.vocab)
         rows = [p]
         for n in range(2, self.max_order + 1):
-            h = np.zeros(len(token), np.int64)
-            for col in range(self.max_order - n, self.max_order - 1):  # the last n - 1 context tokens
-                h = h * self.vocab + context[:, col]
+            h = _code([context[:, col] for col in range(self.max_order - n, self.max_order - 1)], self.vocab)
             ctx, c_h, t_h = self.contexts[n]
             keys, c_hx = self.grams[n]
             count_h, types = self._lookup(ctx, c_h, h), self._lookup(ctx, t_h, h)
