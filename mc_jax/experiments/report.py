@@ -52,15 +52,30 @@ def _value(o: Outcome) -> float:
     return math.nan if r.get("accuracy") is None else float(r["accuracy"])
 
 
+# A run whose final training loss is within this fraction of ln(vocab) (a uniform prediction) never left the chance
+# plateau: a failed optimisation, not a measurement of capacity (MQAR runs stall there for some seeds).
+CHANCE_PLATEAU = 0.99
+
+
+def stuck_at_chance(result: dict[str, Any]) -> bool:
+    """Whether a classification run's final training loss stayed at the chance level ``ln(vocab_size)``."""
+    loss, vocab = result.get("train_loss"), result.get("config", {}).get("model", {}).get("vocab_size")
+    if result.get("bits_per_byte") is not None or loss is None or not vocab:
+        return False
+    return loss >= CHANCE_PLATEAU * math.log(vocab)
+
+
 def summarise(outcomes: list[Outcome]) -> dict[str, dict[str, Any]]:
-    """``group -> {lr, n, mean, std, values, metric, ...}`` over the reported seeds."""
+    """``group -> {lr, n, mean, std, values, metric, stuck, ...}`` over the reported seeds (``stuck``: per seed,
+    :func:`stuck_at_chance`)."""
     out = {}
     for group, items in reported(outcomes).items():
-        vals = [_value(o) for o in sorted(items, key=lambda o: o.job.seed)]
+        items = sorted(items, key=lambda o: o.job.seed)
+        vals = [_value(o) for o in items]
         metric = "bits_per_byte" if items[0].result.get("bits_per_byte") is not None else "accuracy"
         entry = {"lr": items[0].job.lr, "n": len(vals), "mean": float(np.mean(vals)),
                  "std": float(np.std(vals)) if len(vals) > 1 else 0.0, "values": vals, "metric": metric,
-                 "seeds": sorted(o.job.seed for o in items),
+                 "seeds": [o.job.seed for o in items], "stuck": [stuck_at_chance(o.result) for o in items],
                  "wall_seconds": float(sum(o.result.get("wall_seconds", 0.0) for o in items))}
         for key in ("by_segment", "niah", "loss_by_position"):
             if key in items[0].result:
@@ -103,11 +118,15 @@ def table(name: str, summary: dict[str, dict[str, Any]]) -> str:
     for group, s in sorted(summary.items()):
         if group.startswith("_"):
             continue
+        stuck = s.get("stuck", [False] * len(s["values"]))
         row = (f"| {group} | {s['lr']:g} | {s['n']} | {fmt(s['mean'])} ± {fmt(s['std'])} | "
-               + ", ".join(fmt(v) for v in s["values"]) + " |")
+               + ", ".join(fmt(v) + ("‡" if bad else "") for v, bad in zip(s["values"], stuck)) + " |")
         if gaps:
             row += f" {100 * gaps[group]:.0f}% |" if group in gaps else " |"
         lines.append(row)
+    if any(any(s.get("stuck", [])) for s in summary.values()):
+        lines += ["", f"‡ that seed's final training loss is at the chance level (>= {CHANCE_PLATEAU:g} ln(vocab)): it "
+                  "never left the initial plateau. It counts in the mean and spread like every other seed."]
     if "_errors" in summary:
         lines += ["", "Failed jobs:"] + [f"- {e}" for e in summary["_errors"]["errors"]]
     return "\n".join(lines)

@@ -103,6 +103,20 @@ def test_gap_closed_and_verdicts():
     assert "closes 50%" in text and "above Log-Linear++ (grm_log): grm" in text
 
 
+def test_seeds_stuck_at_the_chance_plateau_are_marked_and_still_counted():
+    config = {"model": {"vocab_size": 1024}}
+    o = lambda seed, acc, loss: Outcome(Job("e1", "kv64-delta-none", None, (), seed, lr=1e-2),
+                                        {"accuracy": acc, "train_loss": loss, "config": config})
+    runs = [o(1, 0.001, 6.9315), o(0, 0.08, 4.96), o(2, 0.002, 0.99 * np.log(1024) - 0.01)]
+    s = report.summarise(runs)["kv64-delta-none"]
+    assert s["seeds"] == [0, 1, 2] and s["stuck"] == [False, True, False]
+    assert s["mean"] == pytest.approx((0.08 + 0.001 + 0.002) / 3)  # a stuck seed is reported, not dropped
+    text = report.table("e1", report.summarise(runs))
+    assert "| 8.0, 0.1‡, 0.2 |" in text and "never left the initial plateau" in text
+    assert "‡" not in report.table("e1", report.summarise(runs[1:2]))
+    assert not report.stuck_at_chance({"bits_per_byte": 7.0, "train_loss": 7.0, "config": config})
+
+
 def test_sweep_table_marks_each_models_rate_and_the_e4_verdict_compares_the_swept_pair():
     o = lambda group, lr, seed, r: Outcome(Job("e4", group, None, (), seed, lr=lr), r)
     runs = [o("mc_swept", 1e-3, 100, {"bits_per_byte": 2.7}), o("mc_swept", 1e-2, 100, {"bits_per_byte": 2.4}),
