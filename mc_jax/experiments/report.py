@@ -118,13 +118,12 @@ def table(name: str, summary: dict[str, dict[str, Any]]) -> str:
     for group, s in sorted(summary.items()):
         if group.startswith("_"):
             continue
-        stuck = s.get("stuck", [False] * len(s["values"]))
         row = (f"| {group} | {s['lr']:g} | {s['n']} | {fmt(s['mean'])} ± {fmt(s['std'])} | "
-               + ", ".join(fmt(v) + ("‡" if bad else "") for v, bad in zip(s["values"], stuck)) + " |")
+               + ", ".join(fmt(v) + ("‡" if bad else "") for v, bad in zip(s["values"], s["stuck"])) + " |")
         if gaps:
             row += f" {100 * gaps[group]:.0f}% |" if group in gaps else " |"
         lines.append(row)
-    if any(any(s.get("stuck", [])) for s in summary.values()):
+    if any(any(s["stuck"]) for group, s in summary.items() if not group.startswith("_")):
         lines += ["", f"‡ that seed's final training loss is at the chance level (>= {CHANCE_PLATEAU:g} ln(vocab)): it "
                   "never left the initial plateau. It counts in the mean and spread like every other seed."]
     if "_errors" in summary:
