@@ -55,6 +55,10 @@ E1_REFERENCES = {"attention": ("model.mixer.kind=attention",),
                  "sliding_window": ("model.mixer.kind=sliding_window", "model.mixer.window=8")}
 
 
+LINEAR_COST = ("linear", "delta", "swla")  # E1's matrix memories, each run costing 1-2.5x a linear one
+E1_SWEPT = ("none", "grm", "ssc")  # the variants whose rate is swept (the primary table's)
+
+
 def _kv(kv: int) -> tuple[str, ...]:
     return (f"train.task.num_kv_pairs={kv}", f"train.task.seq_len={2 * kv}")
 
@@ -62,32 +66,36 @@ def _kv(kv: int) -> tuple[str, ...]:
 def _e1_grid(quick: bool) -> list[tuple[int, int, str, str, tuple[str, ...]]]:
     """(tier, kv, memory, variant, overrides): the budget cuts of E1 as data.
 
-    Tier 0, the primary table: kv = 32, linear and swla without caching, with grm and with ssc, and attention.
-    Tier 1: the delta rule's (2.5x the cost of a linear run), the other variants (log segments, residual,
-    checkpoint init) of all three and sliding-window attention.
+    Tier 0, the primary table: kv = 32, linear without caching, with grm and with ssc, and attention, each with
+    its own learning-rate sweep. Tier 1: the same for swla and the delta rule (2.5x the cost of a linear run), the
+    other variants (log segments, residual, checkpoint init) of all three and sliding-window attention.
     Tier 2: the deep memories (4-6x the cost of a linear run) with none / grm / soup only. Tier 3: kv = 64 (twice
     the tokens) with none / grm / ssc of the linear-cost memories and the references.
     """
     if quick:
         return [(0, 8, m, v, e1_variants(m)[v]) for m in ("linear", "swla") for v in ("none", "grm")] + [
             (0, 8, "", "attention", E1_REFERENCES["attention"])]
-    primary = ("none", "grm", "ssc")
-    grid = [(0 if v in primary and m != "delta" else 1, 32, m, v, ov) for m in ("linear", "delta", "swla")
+    primary = E1_SWEPT
+    grid = [(0 if v in primary and m == "linear" else 1, 32, m, v, ov) for m in LINEAR_COST
             for v, ov in e1_variants(m).items()]
     grid += [(0 if name == "attention" else 1, 32, "", name, ov) for name, ov in E1_REFERENCES.items()]
     grid += [(2, 32, m, v, e1_variants(m)[v]) for m in DEEP for v in ("none", "grm", "soup")]
-    grid += [(3, 64, m, v, e1_variants(m)[v]) for m in ("linear", "delta", "swla") for v in primary]
+    grid += [(3, 64, m, v, e1_variants(m)[v]) for m in LINEAR_COST for v in primary]
     return grid + [(3, 64, "", name, ov) for name, ov in E1_REFERENCES.items()]
 
 
 def _e1_lr_source(kv: int, memory: str, variant: str) -> str | None:
-    """The learning-rate sweep's budget cut: only linear none / grm and attention at kv = 32 are swept; every other
-    model takes the rate of its kind (uncached memory, cached memory, reference) chosen there."""
-    if kv == 32 and (memory, variant) in (("linear", "none"), ("linear", "grm"), ("", "attention")):
+    """The learning-rate sweep's budget cut. Swept (on the validation seed): attention and none / grm / ssc of every
+    linear-cost memory at kv = 32. The other variants of a memory (log segments, residual, checkpoint init) take
+    the rate chosen for its grm; sliding-window attention takes attention's; kv = 64 takes the rate chosen for the
+    same model at kv = 32; the deep memories take linear's (uncached: linear none, cached: linear grm)."""
+    if kv == 32 and (variant == "attention" or (memory in LINEAR_COST and variant in E1_SWEPT)):
         return None
     if not memory:
         return "kv32-attention"
-    return "kv32-linear-none" if variant == "none" else "kv32-linear-grm"
+    if memory in DEEP:
+        return "kv32-linear-none" if variant == "none" else "kv32-linear-grm"
+    return f"kv32-{memory}-{variant if kv != 32 else 'grm'}"
 
 
 def e1(quick: bool) -> Plan:
@@ -100,9 +108,11 @@ def e1(quick: bool) -> Plan:
                           lr_from=None if quick else _e1_lr_source(kv, memory, variant)))
     return Plan(models, (0,) if quick else (0, 1, 2), (3e-3,) if quick else LRS,
                 notes=[(f"stacked MQAR (mc_jax/configs/train_tiny_mqar.py: 1 layer, d_model 32, 1 head), C = "
-                        f"{E1_SEGMENT}; lr from {{1e-3, 3e-3, 1e-2}} on seed 100 (Zoology protocol) for linear none, "
-                        "linear grm and attention at kv = 32; every other model takes the rate of its kind (budget "
-                        "cut); deep memories (dla, titans) with none / grm / soup only; kv = 64 with none / grm / ssc "
+                        f"{E1_SEGMENT}; lr from {{1e-3, 3e-3, 1e-2}} on seed 100 (Zoology protocol) for attention and "
+                        "none / grm / ssc of linear, delta, swla at kv = 32; budget cuts: their other variants take "
+                        "the rate of their grm, kv = 64 the rate of the same model at kv = 32, sliding-window "
+                        "attention attention's, the deep memories linear's (none / cached); deep memories (dla, "
+                        "titans) with none / grm / soup only; kv = 64 with none / grm / ssc "
                         "of linear, delta, swla and the references")])
 
 

@@ -209,8 +209,8 @@ def test_estimate_counts_the_planned_runs_and_schedules_them():
     assert {r.job.group for r in runs if r.phase == "sweep"} == {"attention"}
     seconds = {r.job.group: r.seconds - budget.RUN_OVERHEAD for r in runs if r.phase == "final"}
     assert seconds["attention_4x"] == pytest.approx(4 * seconds["attention"], rel=0.01)  # 4x the steps, same eval
-    e1 = budget.planned_runs(plan_of("e1"))  # the core: lr sweep of linear none / grm and attention on seed 100
-    assert [sum(r.phase == p for r in e1) for p in ("sweep", "final", "after")] == [9, 21, 0]  # (2 x 3 + 1) x 3
+    e1 = budget.planned_runs(plan_of("e1"))  # the core: lr sweep of linear none / grm / ssc, attention on seed 100
+    assert [sum(r.phase == p for r in e1) for p in ("sweep", "final", "after")] == [12, 12, 0]  # 4 models x 3
     e3 = budget.planned_runs(EXPERIMENTS["e3"](False))
     assert sum(r.phase == "after" for r in e3) == 3 * 3 * 2  # posttrain, posttrain_ft, base_ft x needles x seeds
     assert sum(r.phase == "after" for r in budget.planned_runs(plan_of("e3"))) == 3 * 2  # the core: passkey
@@ -310,3 +310,15 @@ def test_report_only_uses_finished_jobs_and_runs_nothing(tmp_path):
                                                     "b-lr0.001-s100", "a-lr0.003-s0"])
     assert all(o.skipped for o in out)
     assert len(list((tmp_path / "e" / "jobs").iterdir())) == 5  # nothing new
+
+
+def test_e1_sweeps_each_matrix_memory_and_the_rest_borrow_from_the_same_model():
+    sources = {m.group: m.lr_from for m in plan_of("e1", extended=True).models}
+    for memory in ("linear", "delta", "swla"):
+        for variant in ("none", "grm", "ssc"):
+            assert sources[f"kv32-{memory}-{variant}"] is None  # swept on the validation seed
+            assert sources[f"kv64-{memory}-{variant}"] == f"kv32-{memory}-{variant}"
+        for variant in ("residual", "grm_log", "grm_checkpoint"):
+            assert sources[f"kv32-{memory}-{variant}"] == f"kv32-{memory}-grm"
+    assert sources["kv32-attention"] is None and sources["kv64-sliding_window"] == "kv32-attention"
+    assert sources["kv32-titans-none"] == "kv32-linear-none" and sources["kv32-dla-soup"] == "kv32-linear-grm"
