@@ -6,6 +6,9 @@ For every T x C x init x aggregation (linear memory, constant segments, B=2 H=4 
     (compiled before timing);
   * :func:`benchmarks.torch_reference.memory_caching_linear` eagerly and under ``torch.compile`` (``--no-compile``
     to skip it: inductor compiles C++ for every configuration, ~30 s each on a loaded 2-core CPU);
+  * its line-for-line JAX port (:mod:`benchmarks.jax_reference`, column ``port``) under ``jax.jit``: the torch
+    code's algorithm on mc_jax's compiler, so ``torch/port`` is the backend's share of a gap and ``port/auto`` the
+    share of mc_jax's algorithms;
 
 for the forward (torch: under ``torch.no_grad()``, as jit's forward keeps no residuals) and the forward+backward
 (loss = mean(y^2); gradients of q, k, v and, for grm, u). One warm-up call, then the median of ``--repeats`` calls.
@@ -47,15 +50,18 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks import jax_reference  # noqa: E402
 from benchmarks.timing import measure  # noqa: E402
 from benchmarks.torch_reference import memory_caching_linear  # noqa: E402
 from mc_jax.ops import memory_caching  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "bench_torch.json"
-IMPLS = ("xla", "auto")
+IMPLS = ("xla", "auto", "port")  # mc_jax's two, and the JAX port of the torch code
+ROW_KEY = {"xla": "mc_jax_xla", "auto": "mc_jax_auto", "port": "jax_port"}
 CHECK_TOL = 1e-4  # float32, each of y, dq, dk, dv, du against impl="xla": max |diff| / max |reference|
-COLUMNS = ["T", "C", "init", "agg"] + [f"{n} {p}" for n in ("xla", "auto", "torch", "t.comp") for p in ("fwd", "f+b")] \
-    + ["torch/auto fwd", "torch/auto f+b", "comp/auto f+b", "torch/xla f+b", "err"]
+COLUMNS = ["T", "C", "init", "agg"] + [f"{n} {p}" for n in ("xla", "auto", "port", "torch", "t.comp")
+                                      for p in ("fwd", "f+b")] \
+    + ["torch/auto fwd", "torch/auto f+b", "comp/auto f+b", "torch/xla f+b", "torch/port f+b", "err"]
 
 
 def make_inputs(batch: int, length: int, heads: int, dim: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -72,12 +78,16 @@ def relative_error(x: np.ndarray, reference: np.ndarray) -> float:
 
 
 def jax_phases(cfg: dict, x: dict[str, np.ndarray], impl: str, repeats: int) -> tuple[dict, np.ndarray]:
-    """Forward and forward+backward of mc_jax under jit; also returns ``[y, dq, dk, dv (, du)]``."""
+    """Forward and forward+backward under jit of mc_jax (``impl``) or, for ``impl="port"``, of the JAX port of the
+    torch code (:mod:`benchmarks.jax_reference`); also returns ``[y, dq, dk, dv (, du)]``."""
     grm = cfg["aggregation"] == "grm"
     names = ("q", "k", "v", "u") if grm else ("q", "k", "v")
     args = [jnp.asarray(x[n]) for n in names]
-    kw = dict(memory="linear", aggregation=cfg["aggregation"], segment_size=cfg["C"], init=cfg["init"], impl=impl)
-    forward = lambda q, k, v, u=None: memory_caching(q, k, v, u=u, **kw)
+    kw = dict(aggregation=cfg["aggregation"], segment_size=cfg["C"], init=cfg["init"])
+    if impl == "port":
+        forward = lambda q, k, v, u=None: jax_reference.memory_caching_linear(q, k, v, u, **kw)
+    else:
+        forward = lambda q, k, v, u=None: memory_caching(q, k, v, u=u, memory="linear", impl=impl, **kw)
     loss = lambda *a: jnp.mean(forward(*a) ** 2)
     result, compiled = {}, {}
     for phase, fn in (("fwd", forward), ("fwd_bwd", jax.value_and_grad(loss, argnums=tuple(range(len(args)))))):
@@ -125,7 +135,7 @@ def run_config(cfg: dict, args) -> dict:
     row = {**cfg, "B": args.batch, "H": args.heads, "Dk": args.dim, "Dv": args.dim}
     outputs = {}
     for impl in IMPLS:
-        row[f"mc_jax_{impl}"], outputs[impl] = jax_phases(cfg, x, impl, args.repeats)
+        row[ROW_KEY[impl]], outputs[impl] = jax_phases(cfg, x, impl, args.repeats)
     row["torch_eager"], outputs["torch"] = torch_phases(cfg, x, args.repeats, compile_=False)
     if not args.no_compile:
         try:
@@ -137,7 +147,7 @@ def run_config(cfg: dict, args) -> dict:
     row["checked"] = all(e <= CHECK_TOL for e in row["rel_max_error_vs_xla"].values())
     seconds = lambda name, phase: ((row.get(name) or {}).get(phase) or {}).get("median_s")
     ratio = lambda a, b: None if a is None or b is None else a / b
-    row["ratios"] = {f"{who}/{impl}_{phase}": ratio(seconds(f"torch_{who}", phase), seconds(f"mc_jax_{impl}", phase))
+    row["ratios"] = {f"{who}/{impl}_{phase}": ratio(seconds(f"torch_{who}", phase), seconds(ROW_KEY[impl], phase))
                      for who in ("eager", "compile") for impl in IMPLS for phase in ("fwd", "fwd_bwd")}
     return row
 
@@ -148,10 +158,10 @@ def table_row(row: dict) -> list[str]:
     ms = lambda name, phase: fmt(None if seconds(name, phase) is None else 1e3 * seconds(name, phase), ".1f")
     r = row["ratios"]
     return [str(row["T"]), str(row["C"]), row["init"], row["aggregation"],
-            *(ms(name, phase) for name in ("mc_jax_xla", "mc_jax_auto", "torch_eager", "torch_compile")
+            *(ms(name, phase) for name in (*ROW_KEY.values(), "torch_eager", "torch_compile")
               for phase in ("fwd", "fwd_bwd")),
             fmt(r["eager/auto_fwd"], ".2f"), fmt(r["eager/auto_fwd_bwd"], ".2f"), fmt(r["compile/auto_fwd_bwd"], ".2f"),
-            fmt(r["eager/xla_fwd_bwd"], ".2f"),
+            fmt(r["eager/xla_fwd_bwd"], ".2f"), fmt(r["eager/port_fwd_bwd"], ".2f"),
             f"{max(row['rel_max_error_vs_xla'].values()):.1e}" + ("" if row["checked"] else " NO")]
 
 

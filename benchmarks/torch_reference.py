@@ -23,9 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-AGGREGATIONS = ("grm", "residual")
-INITS = ("independent", "checkpoint")
-POOLS = ("mean", "sum")
+from benchmarks.jax_reference import AGGREGATIONS, INITS, POOLS  # the one home of the choices
 
 
 def _check(q, k, v, u, aggregation, segment_size, init, pool) -> None:

@@ -78,4 +78,4 @@ def test_bench_torch_smoke(tmp_path):
     assert rc == 0
     (row,) = json.loads(out.read_text())["results"]
     assert row["checked"] and row["torch_eager"]["fwd_bwd"]["median_s"] > 0
-    assert set(row["rel_max_error_vs_xla"]) == {"xla", "auto", "torch"}
+    assert set(row["rel_max_error_vs_xla"]) == {"xla", "auto", "port", "torch"}
