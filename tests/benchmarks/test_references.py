@@ -1,11 +1,13 @@
-"""The PyTorch reference of the benchmark (``benchmarks/torch_reference.py``) equals mc_jax in float64.
+"""The benchmark's references equal mc_jax in float64: the PyTorch code (``benchmarks/torch_reference.py``) and its
+line-for-line JAX port (``benchmarks/jax_reference.py``).
 
 Outputs and the gradients of q, k, v, u and the initial state, for grm and residual, both inits, at tiny awkward
 shapes (a ragged last segment, a segment longer than the sequence, one-token segments, Dk != Dv). A benchmark that
-compares two codes is only meaningful if they compute the same thing.
+compares codes is only meaningful if they compute the same thing: ``bench_torch`` reads torch against the port as the
+backend's share of a gap, the port against mc_jax as the algorithms' share.
 
-Skipped where torch is not installed, which includes CI: torch is the optional extra ``pip install -e '.[torch]'``
-(only the benchmark needs it), never part of ``test``. Install the extra to run these tests.
+The torch tests are skipped where torch is not installed, which includes CI: torch is the optional extra
+``pip install -e '.[torch]'`` (only the benchmark needs it), never part of ``test``. The port's tests always run.
 """
 
 from __future__ import annotations
@@ -15,21 +17,52 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from benchmarks import jax_reference
 from mc_jax.ops import memory_caching
 from tests.helpers.op_inputs import make_inputs
 from tests.helpers.tolerances import assert_close
-
-torch = pytest.importorskip("torch")  # the optional extra; a broken reference below must fail, not skip
-from benchmarks import torch_reference as reference  # noqa: E402
 
 # (T, C, Dk, Dv, initial state): ragged last segment; C > T (one online segment); C = 1; segments that tile T
 SHAPES = [(11, 3, 5, 3, True), (5, 8, 4, 4, False), (6, 1, 3, 4, True), (12, 4, 4, 6, False)]
 
 
+def _torch():
+    return pytest.importorskip("torch")  # the optional extra; a broken reference must fail, not skip
+
+
+def _torch_reference():
+    _torch()
+    from benchmarks import torch_reference
+
+    return torch_reference
+
+
+def _run_jax_port(args, ct, kw):
+    """``(y, grads)`` of the JAX port under ``sum(ct * y)``."""
+    def loss(a):
+        full = {"u": None, "params": None, **a}
+        y = jax_reference.memory_caching_linear(full["q"], full["k"], full["v"], full["u"], s0=full["params"], **kw)
+        return jnp.sum(ct * y), y
+
+    (_, y), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(args)
+    assert y.dtype == jnp.float64
+    return y, grads
+
+
+def _run_torch(args, ct, kw):
+    torch, reference = _torch(), _torch_reference()
+    t = {n: torch.tensor(np.asarray(x), requires_grad=True) for n, x in args.items()}
+    y = reference.memory_caching_linear(t["q"], t["k"], t["v"], t.get("u"), s0=t.get("params"), **kw)
+    (torch.tensor(np.asarray(ct)) * y).sum().backward()
+    assert y.dtype == torch.float64
+    return y.detach().numpy(), {n: x.grad.numpy() for n, x in t.items()}
+
+
+@pytest.mark.parametrize("reference", ["jax_port", "torch"])
 @pytest.mark.parametrize("init", ["independent", "checkpoint"])
 @pytest.mark.parametrize("aggregation", ["grm", "residual"])
 @pytest.mark.parametrize("shape", SHAPES, ids=[f"T{s[0]}C{s[1]}" for s in SHAPES])
-def test_torch_reference_equals_mc_jax(x64, aggregation, init, shape):
+def test_reference_equals_mc_jax(x64, aggregation, init, shape, reference):
     length, c, dk, dv, with_state = shape
     a = make_inputs("linear", batch=2, length=length, heads=2, dk=dk, dv=dv, seed=length + c,
                     initial_state=with_state)
@@ -43,19 +76,22 @@ def test_torch_reference_equals_mc_jax(x64, aggregation, init, shape):
                            impl="xla", **kw)
         return jnp.sum(ct * y), y
 
-    (_, y_jax), g_jax = jax.jit(jax.value_and_grad(loss_jax, has_aux=True))({n: a[n] for n in names})
-
-    t = {n: torch.tensor(np.asarray(a[n]), requires_grad=True) for n in names}
-    y_torch = reference.memory_caching_linear(t["q"], t["k"], t["v"], t.get("u"), s0=t.get("params"), **kw)
-    (torch.tensor(np.asarray(ct)) * y_torch).sum().backward()
-
-    assert y_torch.dtype == torch.float64
-    assert_close(y_torch.detach().numpy(), y_jax, "float64", "y")
+    args = {n: a[n] for n in names}
+    (_, y_jax), g_jax = jax.jit(jax.value_and_grad(loss_jax, has_aux=True))(args)
+    y_ref, g_ref = (_run_jax_port if reference == "jax_port" else _run_torch)(args, ct, kw)
+    assert_close(y_ref, y_jax, "float64", "y")
     for n in names:
-        assert_close(t[n].grad.numpy(), g_jax[n], "float64", f"d{n}")
+        assert_close(g_ref[n], g_jax[n], "float64", f"d{n}")
+
+
+def test_jax_port_rejects_bad_input():
+    q = jnp.zeros((1, 4, 1, 2))
+    with pytest.raises(ValueError, match="aggregation / init / pool"):
+        jax_reference.memory_caching_linear(q, q, q, q, aggregation="soup", segment_size=2)
 
 
 def test_torch_reference_rejects_bad_input():
+    torch, reference = _torch(), _torch_reference()
     q = torch.zeros(1, 4, 1, 2)
     with pytest.raises(ValueError, match="aggregation must be one of"):
         reference.memory_caching_linear(q, q, q, q, aggregation="soup", segment_size=2)
@@ -69,6 +105,7 @@ def test_bench_torch_smoke(tmp_path):
     """The benchmark script runs end to end at a tiny shape (eager torch) and writes a checked JSON row."""
     import json
 
+    _torch()
     from benchmarks import bench_torch
 
     out = tmp_path / "bench.json"
