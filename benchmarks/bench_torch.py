@@ -14,7 +14,7 @@ for the forward (torch: under ``torch.no_grad()``, as jit's forward keeps no res
 (loss = mean(y^2); gradients of q, k, v and, for grm, u). One warm-up call, then the median of ``--repeats`` calls.
 The ratios are torch time / mc_jax time (above 1: mc_jax is faster). Every configuration also checks that torch and
 mc_jax agree on the output and the gradients (float32: max |diff| / max |reference| <= 1e-4 for each, against
-``impl="xla"``; the float64 equality to 1e-10 is tests/benchmarks/test_torch_reference.py).
+``impl="xla"``; the float64 equality to 1e-10 is tests/benchmarks/test_references.py).
 
 Usage (needs the optional extra: ``pip install -e '.[torch]'``)::
 
