@@ -57,6 +57,7 @@ E1_REFERENCES = {"attention": ("model.mixer.kind=attention",),
 
 LINEAR_COST = ("linear", "delta", "swla")  # E1's matrix memories, each run costing 1-2.5x a linear one
 E1_SWEPT = ("none", "grm", "ssc")  # the variants whose rate is swept (the primary table's)
+DEEP_SWEPT = ("none", "grm")  # the deep memories' swept variants (soup takes grm's rate)
 
 
 def _kv(kv: int) -> tuple[str, ...]:
@@ -85,16 +86,15 @@ def _e1_grid(quick: bool) -> list[tuple[int, int, str, str, tuple[str, ...]]]:
 
 
 def _e1_lr_source(kv: int, memory: str, variant: str) -> str | None:
-    """The learning-rate sweep's budget cut. Swept (on the validation seed): attention and none / grm / ssc of every
-    linear-cost memory at kv = 32. The other variants of a memory (log segments, residual, checkpoint init) take
-    the rate chosen for its grm; sliding-window attention takes attention's; kv = 64 takes the rate chosen for the
-    same model at kv = 32; the deep memories take linear's (uncached: linear none, cached: linear grm)."""
-    if kv == 32 and (variant == "attention" or (memory in LINEAR_COST and variant in E1_SWEPT)):
+    """The learning-rate sweep's budget cut. Swept (on the validation seed): attention, none / grm / ssc of every
+    linear-cost memory and none / grm of the deep memories, at kv = 32. The other variants of a memory (log
+    segments, residual, checkpoint init, soup) take the rate chosen for its grm; sliding-window attention takes
+    attention's; kv = 64 takes the rate chosen for the same model at kv = 32."""
+    swept = E1_SWEPT if memory in LINEAR_COST else DEEP_SWEPT
+    if kv == 32 and (variant == "attention" or (memory and variant in swept)):
         return None
     if not memory:
         return "kv32-attention"
-    if memory in DEEP:
-        return "kv32-linear-none" if variant == "none" else "kv32-linear-grm"
     return f"kv32-{memory}-{variant if kv != 32 else 'grm'}"
 
 
@@ -109,11 +109,11 @@ def e1(quick: bool) -> Plan:
     return Plan(models, (0,) if quick else (0, 1, 2), (3e-3,) if quick else LRS,
                 notes=[(f"stacked MQAR (mc_jax/configs/train_tiny_mqar.py: 1 layer, d_model 32, 1 head), C = "
                         f"{E1_SEGMENT}; lr from {{1e-3, 3e-3, 1e-2}} on seed 100 (Zoology protocol) for attention and "
-                        "none / grm / ssc of linear, delta, swla at kv = 32; budget cuts: their other variants take "
-                        "the rate of their grm, kv = 64 the rate of the same model at kv = 32, sliding-window "
-                        "attention attention's, the deep memories linear's (none / cached); deep memories (dla, "
-                        "titans) with none / grm / soup only; kv = 64 with none / grm / ssc "
-                        "of linear, delta, swla and the references")])
+                        "none / grm / ssc of linear, delta, swla and none / grm of dla, titans at kv = 32; budget "
+                        "cuts: their other variants take the rate of their grm, kv = 64 the rate of the same model "
+                        "at kv = 32, sliding-window attention attention's; deep memories (dla, titans) with none / "
+                        "grm (each swept) and soup (grm's rate) only; kv = 64 with none / grm / ssc of linear, "
+                        "delta, swla and the references")])
 
 
 # ---- E1 search: where caching helps most (linear memory, kv = 32) -------------------------------------------------

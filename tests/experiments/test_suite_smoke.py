@@ -250,10 +250,10 @@ def test_only_restricts_the_models_and_keeps_their_rate_sources():
     from mc_jax.experiments.suite import _only_groups
 
     plan = plan_of("e1", extended=True)
-    deep = _only_groups(plan, ("kv32-dla-*", "kv32-titans-grm"))
+    deep = _only_groups(plan, ("kv32-dla-soup", "kv32-titans-grm", "kv32-linear-residual"))
     groups = {m.group for m in deep.models}
-    # the deep models take their rates from the swept linear ones, which come along (finished: skipped)
-    assert groups == {"kv32-dla-none", "kv32-dla-grm", "kv32-dla-soup", "kv32-titans-grm", "kv32-linear-none",
+    # the models a variant takes its rate from come along (finished ones are skipped)
+    assert groups == {"kv32-dla-soup", "kv32-dla-grm", "kv32-titans-grm", "kv32-linear-residual",
                       "kv32-linear-grm"}
     assert deep.seeds == plan.seeds and deep.lrs == plan.lrs and _only_groups(plan, None) is plan
     e3 = _only_groups(plan_of("e3"), ("passkey-base",))
@@ -312,8 +312,11 @@ def test_report_only_uses_finished_jobs_and_runs_nothing(tmp_path):
     assert len(list((tmp_path / "e" / "jobs").iterdir())) == 5  # nothing new
 
 
-def test_e1_sweeps_each_matrix_memory_and_the_rest_borrow_from_the_same_model():
+def test_e1_sweeps_each_memory_and_the_rest_borrow_from_the_same_model():
     sources = {m.group: m.lr_from for m in plan_of("e1", extended=True).models}
+    for memory in ("dla", "titans"):
+        assert sources[f"kv32-{memory}-none"] is None and sources[f"kv32-{memory}-grm"] is None
+        assert sources[f"kv32-{memory}-soup"] == f"kv32-{memory}-grm"
     for memory in ("linear", "delta", "swla"):
         for variant in ("none", "grm", "ssc"):
             assert sources[f"kv32-{memory}-{variant}"] is None  # swept on the validation seed
@@ -321,4 +324,3 @@ def test_e1_sweeps_each_matrix_memory_and_the_rest_borrow_from_the_same_model():
         for variant in ("residual", "grm_log", "grm_checkpoint"):
             assert sources[f"kv32-{memory}-{variant}"] == f"kv32-{memory}-grm"
     assert sources["kv32-attention"] is None and sources["kv64-sliding_window"] == "kv32-attention"
-    assert sources["kv32-titans-none"] == "kv32-linear-none" and sources["kv32-dla-soup"] == "kv32-linear-grm"
