@@ -4,7 +4,7 @@
 between mc_jax and the torch script can have: mc_jax's algorithms and layout (then this port, the same dense einsums
 as the torch code, is faster than mc_jax under the same compiler) or the backend (then this port is as slow as mc_jax
 and torch is faster: XLA:CPU against PyTorch's ATen / oneDNN kernels for the same einsums). The equations, the
-layout and the padding are those of the torch module (read its docstring); tests/benchmarks/test_jax_reference.py
+layout and the padding are those of the torch module (read its docstring); tests/benchmarks/test_references.py
 checks it against ``mc_jax.ops.memory_caching`` in float64, outputs and gradients.
 """
 

@@ -76,12 +76,11 @@ def _e1_grid(quick: bool) -> list[tuple[int, int, str, str, tuple[str, ...]]]:
     if quick:
         return [(0, 8, m, v, e1_variants(m)[v]) for m in ("linear", "swla") for v in ("none", "grm")] + [
             (0, 8, "", "attention", E1_REFERENCES["attention"])]
-    primary = E1_SWEPT
-    grid = [(0 if v in primary and m == "linear" else 1, 32, m, v, ov) for m in LINEAR_COST
+    grid = [(0 if v in E1_SWEPT and m == "linear" else 1, 32, m, v, ov) for m in LINEAR_COST
             for v, ov in e1_variants(m).items()]
     grid += [(0 if name == "attention" else 1, 32, "", name, ov) for name, ov in E1_REFERENCES.items()]
     grid += [(2, 32, m, v, e1_variants(m)[v]) for m in DEEP for v in ("none", "grm", "soup")]
-    grid += [(3, 64, m, v, e1_variants(m)[v]) for m in LINEAR_COST for v in primary]
+    grid += [(3, 64, m, v, e1_variants(m)[v]) for m in LINEAR_COST for v in E1_SWEPT]
     return grid + [(3, 64, "", name, ov) for name, ov in E1_REFERENCES.items()]
 
 

@@ -26,15 +26,13 @@ from tests.helpers.tolerances import assert_close
 SHAPES = [(11, 3, 5, 3, True), (5, 8, 4, 4, False), (6, 1, 3, 4, True), (12, 4, 4, 6, False)]
 
 
-def _torch():
-    return pytest.importorskip("torch")  # the optional extra; a broken reference must fail, not skip
-
-
 def _torch_reference():
-    _torch()
+    """``(torch, benchmarks.torch_reference)``; skips the test where torch (the optional extra) is missing. Only the
+    import of torch may skip: a broken reference must fail."""
+    torch = pytest.importorskip("torch")
     from benchmarks import torch_reference
 
-    return torch_reference
+    return torch, torch_reference
 
 
 def _run_jax_port(args, ct, kw):
@@ -50,7 +48,7 @@ def _run_jax_port(args, ct, kw):
 
 
 def _run_torch(args, ct, kw):
-    torch, reference = _torch(), _torch_reference()
+    torch, reference = _torch_reference()
     t = {n: torch.tensor(np.asarray(x), requires_grad=True) for n, x in args.items()}
     y = reference.memory_caching_linear(t["q"], t["k"], t["v"], t.get("u"), s0=t.get("params"), **kw)
     (torch.tensor(np.asarray(ct)) * y).sum().backward()
@@ -91,7 +89,7 @@ def test_jax_port_rejects_bad_input():
 
 
 def test_torch_reference_rejects_bad_input():
-    torch, reference = _torch(), _torch_reference()
+    torch, reference = _torch_reference()
     q = torch.zeros(1, 4, 1, 2)
     with pytest.raises(ValueError, match="aggregation must be one of"):
         reference.memory_caching_linear(q, q, q, q, aggregation="soup", segment_size=2)
@@ -105,7 +103,7 @@ def test_bench_torch_smoke(tmp_path):
     """The benchmark script runs end to end at a tiny shape (eager torch) and writes a checked JSON row."""
     import json
 
-    _torch()
+    _torch_reference()
     from benchmarks import bench_torch
 
     out = tmp_path / "bench.json"
